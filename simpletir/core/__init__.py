@@ -1,0 +1,1 @@
+"""Config, plugin manager, records, rollout, algorithms and the run loop."""

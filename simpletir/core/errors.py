@@ -1,0 +1,44 @@
+"""Errors a user can act on. Each names the file, key or value at fault.
+
+The CLI prints ``SimpletirError`` subclasses as one clear message (no traceback) and exits 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SimpletirError(Exception):
+    """Base of every error that is the user's input, not a bug."""
+
+
+class ConfigError(SimpletirError):
+    """A config file, key, value or override is wrong."""
+
+
+class PluginError(SimpletirError):
+    """A plugin failed to load, collides with another, or a chosen name does not exist."""
+
+
+class DataError(SimpletirError):
+    """A dataset is missing or does not have the expected schema."""
+
+
+class StageUnavailableError(SimpletirError):
+    """A run needs a stage (trainer backend, engine...) this installation does not provide yet."""
+
+
+class ModelNotFoundError(SimpletirError):
+    """A model name resolves to nothing loadable here (offline hub, missing folder)."""
+
+
+class SandboxUnavailableError(SimpletirError):
+    """The sandbox cannot run on this machine (no namespaces, no nsjail); says how to fix it."""
+
+
+def closest(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""

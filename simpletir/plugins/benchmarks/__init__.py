@@ -1,0 +1,1 @@
+"""Built-in benchmarks plugins (registered through the `simpletir` entry-point group)."""

@@ -1,0 +1,1 @@
+"""Built-in filters plugins (registered through the `simpletir` entry-point group)."""

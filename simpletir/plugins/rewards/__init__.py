@@ -1,0 +1,1 @@
+"""Built-in rewards plugins (registered through the `simpletir` entry-point group)."""

@@ -1,0 +1,1 @@
+"""Built-in tools plugins (registered through the `simpletir` entry-point group)."""
