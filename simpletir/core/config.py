@@ -110,6 +110,7 @@ class ExperimentConfig:
     max_response_length: int = _f(8000, "response token cap (all turns and observations)")
     train_batch_size: int = _f(512, "prompts per training step")
     oversample: int = _f(3, "draw train_batch_size x oversample prompts, keep train_batch_size groups")
+    max_draws: int = _f(3, "rollouts per step to refill train_batch_size groups after filters (1 = none)")
     total_epochs: int = _f(100, "passes over the training set")
     grad_clip: float = _f(1.0, "gradient norm clip")
     remove_clip: bool = _f(False, "mask trajectories truncated at max_response_length")
@@ -123,6 +124,8 @@ class ExperimentConfig:
     test_freq: int = _f(10, "validate every N steps (-1 = never)")
     resume: bool = _f(False, "resume from the latest checkpoint (env RESUME=True)")
     logs_dir: str = _f("logs", "folder for accuracy, generations and step logs")
+    runs_dir: str = _f("runs", "folder holding one run directory per run: runs/<experiment_name>")
+    run_dir: str | None = _f(None, "this run's folder; set by the run itself (leave unset)")
     checkpoints_dir: str = _f("checkpoints", "folder for checkpoints/<run>/")
     executor: Literal["local", "ray"] = _f("local", "where components run")
     # -- sections ---------------------------------------------------------------------------

@@ -173,3 +173,7 @@ class BenchmarkSpec(ComponentSpec):
     kind: ClassVar[ComponentKind] = "benchmark"
     aliases: tuple[str, ...] = ()
     split: Literal["train", "test"] = "test"
+    # Dataset names (``deepscaler/aime``) this benchmark reads from the data directory; the
+    # config check verifies each file exists before any heavy work. Empty for benchmarks that
+    # generate their problems in code.
+    data_files: tuple[str, ...] = ()

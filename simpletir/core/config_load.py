@@ -1,0 +1,430 @@
+"""Load an :class:`ExperimentConfig` from YAML and overrides, and check it before heavy work.
+
+Order of precedence (later wins): schema defaults, the YAML file, ``RESUME`` from the
+environment, then command-line overrides. Overrides come in two styles, freely mixed::
+
+    rollout.n=4  plugin_config.python.timeout_s=3      # dotted key=value
+    --val_only True --max_turns 10  --n_val=32         # the seed's train.sh style
+
+Values are parsed as YAML (``True`` -> bool, ``10`` -> int). Dataset fields accept a
+space-separated string (``"aime24 aime25"``) or a YAML list; list fields (``filters``) accept a
+YAML list or a space/comma-separated string. Every mistake raises :class:`ConfigError` naming
+the file or override, the key, the value and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from simpletir.core.config import ExperimentConfig
+from simpletir.core.errors import ConfigError, DataError, closest
+from simpletir.core.specs import BenchmarkSpec, ComponentSpec, NoOptions
+
+if TYPE_CHECKING:
+    from simpletir.core.plugins import Registry, SimpletirPluginManager
+
+RESUME_ENV = "RESUME"
+_DATASET_FIELDS = ("train_dataset", "valid_dataset")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+# -- schema walking ---------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _is_str_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list and typing.get_args(tp) == (str,)
+
+
+def schema_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (``rollout.n``...), for suggestions and docs checks."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        keys.append(prefix + name)
+        if _is_dataclass_type(tp):
+            keys.extend(schema_keys(tp, f"{prefix}{name}."))
+    return keys
+
+
+def _suggest_key(full: str, siblings: list[str]) -> str:
+    """A key with the same last part elsewhere (``temperature`` -> ``rollout.temperature``), else closest."""
+    leaf = full.rsplit(".", 1)[-1]
+    same_leaf = [key for key in schema_keys() if key.rsplit(".", 1)[-1] == leaf and key != full]
+    if same_leaf:
+        return f" (did you mean {same_leaf[0]!r}?)"
+    return closest(full, siblings) or closest(full, schema_keys())
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, where: str, prefix: str = "") -> None:
+    """Reject keys the schema does not have, naming the key and the closest valid one."""
+    types = _field_types(cls)
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            suggestion = _suggest_key(full, [prefix + name for name in types])
+            raise ConfigError(f"{where}: unknown key {full!r}{suggestion}")
+        if _is_dataclass_type(types[key]):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: {full!r} must be a mapping of options, got {value!r}")
+            _check_keys(value, types[key], where, f"{full}.")
+
+
+def _normalise(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Accept YAML lists for dataset fields and strings for list fields."""
+    types = _field_types(ExperimentConfig)
+    out = dict(data)
+    for key, value in data.items():
+        if key in _DATASET_FIELDS and isinstance(value, list | tuple):
+            out[key] = " ".join(str(item) for item in value)
+        elif key in types and _is_str_list(types[key]) and isinstance(value, str):
+            out[key] = value.replace(",", " ").split()
+    return out
+
+
+def _merge(base: DictConfig, data: Mapping[str, Any], where: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(dict(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe_omegaconf_error(exc, where)) from exc
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _describe_omegaconf_error(exc: OmegaConfBaseException, where: str) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: key {key!r}: {reason}"
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+DEFAULT_CONFIG_NAME = "quickstart_cpu"
+CONFIG_NAME_ENV = "CONFIG_NAME"
+
+
+def config_search_dirs() -> list[Path]:
+    """Where a bare config name (``simpletir_trainer``) is looked up: ./configs, then the checkout's."""
+    repo_configs = Path(__file__).resolve().parents[2] / "configs"
+    return list(dict.fromkeys([Path.cwd() / "configs", repo_configs]))
+
+
+def resolve_config_path(name_or_path: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """A config file from a path, or a bare name like the seed's ``CONFIG_NAME=simpletir_trainer``.
+
+    ``None`` means ``$CONFIG_NAME`` or, failing that, the CPU quickstart.
+    """
+    environ = os.environ if environ is None else environ
+    name = name_or_path or environ.get(CONFIG_NAME_ENV) or DEFAULT_CONFIG_NAME
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix in ("", ".yaml", ".yml") and len(path.parts) == 1:
+        stem = path.stem if path.suffix else path.name
+        for folder in config_search_dirs():
+            candidate = folder / f"{stem}.yaml"
+            if candidate.is_file():
+                return candidate
+        known = sorted(
+            {p.stem for folder in config_search_dirs() if folder.is_dir() for p in folder.glob("*.yaml")}
+        )
+        looked = ", ".join(str(folder) for folder in config_search_dirs())
+        raise ConfigError(
+            f"config {name!r} is neither a file nor a known config name{closest(stem, known)} "
+            f"(looked in {looked}; known: {', '.join(known) or 'none'})"
+        )
+    raise ConfigError(f"config file {str(path)!r} does not exist")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
+    """``["a.b=1", "--c", "2", "--d=x"]`` -> ``[("a.b", "1"), ("c", "2"), ("d", "x")]``."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                key, value = body, args[i + 1]
+                i += 1
+            else:
+                raise ConfigError(f"override {arg!r} has no value (write '{arg} VALUE' or '{body}=VALUE')")
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+        else:
+            raise ConfigError(f"override {arg!r} is not key=value or --key value")
+        key = key.strip().replace("-", "_") if not key.startswith("plugin_config.") else key.strip()
+        if not key:
+            raise ConfigError(f"override {arg!r} has an empty key")
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw  # not YAML: keep the text as given (e.g. an unbalanced bracket in a name)
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def _override_to_data(key: str, raw: str) -> dict[str, Any]:
+    """One override as a nested mapping, shaped like the YAML would be."""
+    value = _parse_value(raw)
+    parts = key.split(".")
+    top_types = _field_types(ExperimentConfig)
+    if parts[0] in _DATASET_FIELDS and len(parts) == 1:
+        value = " ".join(map(str, value)) if isinstance(value, list) else str(raw).strip()
+    elif (
+        len(parts) == 1
+        and parts[0] in top_types
+        and _is_str_list(top_types[parts[0]])
+        and isinstance(value, str)
+    ):
+        value = value.replace(",", " ").split()
+    elif len(parts) == 1 and parts[0] in ("experiment_name", "model_name") and not isinstance(value, str):
+        value = raw.strip()  # a name like 1e5 or True stays the text the user typed
+    return _nest(key, value)
+
+
+def _env_resume(environ: Mapping[str, str]) -> dict[str, Any]:
+    raw = environ.get(RESUME_ENV)
+    if raw is None:
+        return {}
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return {"resume": True}
+    if text in _FALSE:
+        return {}
+    raise ConfigError(f"environment {RESUME_ENV}={raw!r} is not a boolean (use True or False)")
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> ExperimentConfig:
+    """The typed experiment config from ``path`` (None = schema defaults), env and overrides.
+
+    Checks only what the schema knows (keys, types, ranges). Plugin names, plugin options and
+    datasets are checked by :func:`validate_config`, which needs the plugin manager.
+    """
+    environ = os.environ if environ is None else environ
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        file_path = Path(path)
+        data = _normalise(read_yaml(file_path), str(file_path))
+        _check_keys(data, ExperimentConfig, str(file_path))
+        cfg = _merge(cfg, data, str(file_path))
+    resume = _env_resume(environ)
+    if resume:
+        cfg = _merge(cfg, resume, f"environment {RESUME_ENV}")
+    for key, raw in parse_overrides(overrides):
+        where = f"override {key}={raw}"
+        data = _override_to_data(key, raw)
+        _check_keys(data, ExperimentConfig, where)
+        # A deep merge, so plugin_config.python.timeout_s=3 keeps python's other options.
+        cfg = _merge(cfg, data, where)
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe_omegaconf_error(exc, str(path or "config"))) from exc
+    assert isinstance(config, ExperimentConfig)
+    check_ranges(config)
+    return config
+
+
+_POSITIVE = (
+    "max_turns",
+    "max_prompt_length",
+    "max_response_length",
+    "train_batch_size",
+    "oversample",
+    "total_epochs",
+    "n_val",
+    "rollout.n",
+    "rollout.max_concurrency",
+    "rollout.tensor_parallel_size",
+    "trainer.micro_batch_size",
+    "trainer.tensor_parallel_size",
+    "algorithm.ppo_mini_batch_size",
+    "algorithm.ppo_epochs",
+)
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def check_ranges(config: ExperimentConfig) -> None:
+    """Values the types allow but the run cannot use."""
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if not 0.0 < config.rollout.gpu_memory_utilization <= 1.0:
+        raise ConfigError(
+            f"rollout.gpu_memory_utilization must be in (0, 1], got {config.rollout.gpu_memory_utilization}"
+        )
+    if config.grad_clip <= 0:
+        raise ConfigError(f"grad_clip must be positive, got {config.grad_clip}")
+    if config.val_sample_size == 0 or config.val_sample_size < -1:
+        raise ConfigError(
+            f"val_sample_size must be -1 (all) or a positive count, got {config.val_sample_size}"
+        )
+    if config.val_only and not config.valid_datasets:
+        raise ConfigError("val_only is set but valid_dataset is empty")
+    if not config.val_only and not config.train_datasets:
+        raise ConfigError("train_dataset is empty (set val_only=True to only evaluate)")
+    template = config.rollout.prompt_template
+    if "{question}" not in template:
+        raise ConfigError("rollout.prompt_template must contain '{question}' where the problem goes")
+    try:  # filled with str.format: literal braces must be doubled ({{}})
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"rollout.prompt_template is not a valid format string ({exc!r}); "
+            "write literal braces doubled: {{ }}"
+        ) from exc
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (what ``simpletir config show`` prints and runs save)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+# -- plugin options and cross-checks ----------------------------------------------------------
+
+
+def plugin_options(config: ExperimentConfig, spec: ComponentSpec) -> Any:
+    """The typed options of ``spec`` from ``plugin_config.<spec.name>`` (defaults when absent).
+
+    Raises :class:`ConfigError` naming ``plugin_config.<name>.<key>`` for unknown keys (with the
+    closest option) and wrong types.
+    """
+    raw = config.plugin_config.get(spec.name) or {}
+    where = f"plugin_config.{spec.name}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of options, got {raw!r}")
+    cls = spec.config_cls
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(
+            f"{spec.kind} {spec.name!r}: its config_cls {cls!r} is not a dataclass (plugin bug)"
+        )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            options = ", ".join(sorted(fields)) or "none"
+            hint = " (it takes no options)" if cls is NoOptions or not fields else f"; its options: {options}"
+            raise ConfigError(f"unknown option {where}.{key}{closest(str(key), fields)}{hint}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(raw)))
+        return OmegaConf.to_object(typed)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        value = raw.get(str(key).split(".")[0], "?") if isinstance(key, str) else "?"
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{where}.{key} = {value!r}: {reason}") from exc
+
+
+def validate_config(config: ExperimentConfig, pm: SimpletirPluginManager, *, check_data: bool = True) -> None:
+    """Check every name the config chooses, every plugin's options, and the dataset files.
+
+    Cheap by design: runs before any model, engine or sandbox starts.
+    """
+    registry = pm.registry()
+    chosen: list[ComponentSpec] = []
+    if config.tool_use:
+        chosen.extend(registry.entry("tool", name).spec for name in config.tools)
+    chosen.append(registry.entry("reward", config.reward).spec)
+    chosen.extend(registry.entry("filter", name).spec for name in config.filters)
+    datasets = list(config.valid_datasets)
+    if not config.val_only:
+        datasets += config.train_datasets
+    benchmarks = [(name, registry.find_benchmark(name)) for name in datasets]
+    chosen.extend(spec for _, spec in benchmarks if spec is not None)
+
+    known = {entry.spec.name for entry in registry.all()}
+    for name in config.plugin_config:
+        if name not in known:
+            raise ConfigError(
+                f"plugin_config.{name}: no installed component is named {name!r}{closest(name, known)}"
+            )
+    for spec in chosen:
+        plugin_options(config, spec)
+
+    if check_data:
+        _check_dataset_files(config, registry, benchmarks)
+
+
+def _check_dataset_files(
+    config: ExperimentConfig, registry: Registry, benchmarks: list[tuple[str, BenchmarkSpec | None]]
+) -> None:
+    from simpletir.core.data import dataset_path, describe_data_dir_search, resolve_data_dir
+
+    data_dir = resolve_data_dir(config.data_dir)
+    searched = describe_data_dir_search(config.data_dir)
+    for name, bench in benchmarks:
+        if bench is not None:
+            # A benchmark whose options can move its data (an explicit path, the hub) says itself
+            # whether it can load, through an optional check_data(data_dir) on the built object.
+            built = bench.factory(plugin_options(config, bench), config)
+            check_data = getattr(built, "check_data", None)
+            if callable(check_data):
+                check_data(data_dir)
+                continue
+        for file_name in bench.data_files if bench is not None else (name,):
+            if data_dir is None:
+                raise DataError(f"dataset {name!r} needs a data directory and none was found ({searched})")
+            path = dataset_path(data_dir, file_name)
+            if path.is_file():
+                continue
+            if bench is None:
+                names = registry.names("benchmark") + sorted(registry.aliases)
+                installed = ", ".join(registry.names("benchmark")) or "none"
+                raise DataError(
+                    f"unknown dataset {name!r}{closest(name, names)}: no benchmark plugin provides it and "
+                    f"{str(path)!r} does not exist (benchmarks: {installed})"
+                )
+            raise DataError(f"benchmark {bench.name!r} needs {str(path)!r}, which does not exist ({searched})")

@@ -1,0 +1,343 @@
+"""The evaluation run (``val_only=true``): rollout -> reward -> metrics -> files.
+
+``simpletir-run configs/eval.yaml val_only=true valid_dataset="aime24 aime25" n_val=32
+max_turns=10 val_sample_size=500 output_acc_to_file=true`` reads top to bottom here:
+
+1. load each benchmark of ``valid_dataset`` (names or SimpleTIR aliases; a name no plugin
+   provides is read as ``<data_dir>/<name>.parquet``), a seeded subsample of
+   ``val_sample_size`` problems each (-1 = all);
+2. build the reward, the tools (none when ``tool_use=false``) and the policy engine;
+3. sample ``n_val`` trajectories per problem with the *validation* sampling parameters
+   (``rollout.val_temperature`` / ``val_top_p`` / ``val_top_k``, which the runner applies and
+   the accuracy file records);
+4. score every trajectory with ``reward.score_many`` (the scored text includes each tool's
+   output, so an answer printed by ``final_answer()`` counts even in a last turn whose output
+   was not appended for the model);
+5. compute :mod:`simpletir.core.metrics` per benchmark and overall, print a summary table and,
+   when ``output_acc_to_file``, write ``<logs_dir>/<run>_accuracy.json`` and
+   ``<logs_dir>/<run>_generations.jsonl`` atomically. Without ``output_acc_to_file`` nothing
+   is written to ``logs_dir`` (the seed's meaning of the flag); the metrics are still returned,
+   printed, and saved by the run in ``<run_dir>/result.json``.
+
+Everything built here is closed on the way out, error or not. The ``on_validation_end`` hook is
+called by :func:`simpletir.core.run.run_experiment` with these metrics, not here, so a plugin
+hears about a validation pass exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from simpletir.core.config import ExperimentConfig
+from simpletir.core.config_load import plugin_options
+from simpletir.core.data import (
+    dataset_path,
+    describe_data_dir_search,
+    read_parquet_problems,
+    resolve_data_dir,
+)
+from simpletir.core.errors import ConfigError, DataError
+from simpletir.core.fileio import atomic_write_json
+from simpletir.core.metrics import evaluation_metrics
+from simpletir.core.types import Problem, Trajectory, TrajectoryGroup
+
+if TYPE_CHECKING:
+    from simpletir.core.plugins import SimpletirPluginManager
+    from simpletir.core.rollout import PolicyEngine
+    from simpletir.core.specs import Reward, Tool
+
+SCORE_CHUNK = 256  # verdicts per score_many call: a progress bar that moves, batches that stay big
+
+
+# -- 1. problems ------------------------------------------------------------------------------
+def load_benchmarks(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, list[Problem]]:
+    """``{benchmark name: problems}`` for ``config.valid_datasets``, in the order given."""
+    registry = pm.registry()
+    data_dir = resolve_data_dir(config.data_dir)
+    limit = None if config.val_sample_size < 0 else config.val_sample_size
+    loaded: dict[str, list[Problem]] = {}
+    for name in config.valid_datasets:
+        spec = registry.find_benchmark(name)
+        key = spec.name if spec is not None else name
+        if key in loaded:
+            print(
+                f"simpletir: note: valid_dataset names {key!r} twice (once as {name!r}); evaluating it once",
+                file=sys.stderr,
+            )
+            continue
+        if spec is not None:
+            benchmark = spec.factory(plugin_options(config, spec), config)
+            problems = benchmark.load(data_dir, limit=limit, seed=config.seed)
+        else:  # a raw SimpleTIR dataset name: its parquet file must exist
+            if data_dir is None:
+                raise DataError(
+                    f"dataset {name!r}: no data directory found ({describe_data_dir_search(config.data_dir)})"
+                )
+            from simpletir.core.data import sample_problems
+
+            problems = sample_problems(
+                read_parquet_problems(dataset_path(data_dir, name), name), limit, config.seed
+            )
+        loaded[key] = problems
+    if not any(loaded.values()):
+        raise ConfigError(
+            f"nothing to evaluate: valid_dataset={config.valid_dataset!r} with "
+            f"val_sample_size={config.val_sample_size} gives no problems"
+        )
+    return loaded
+
+
+# -- 4. scoring -------------------------------------------------------------------------------
+def scoring_text(trajectory: Trajectory) -> str:
+    """What the reward reads: each turn's text followed by its tool output.
+
+    The appended observation when there is one; otherwise the recorded output of a call whose
+    observation the loop did not append (last turn, EOS after a call), so a ``final_answer()``
+    made there still counts.
+    """
+    parts: list[str] = []
+    for turn in trajectory.turns:
+        parts.append(turn.text)
+        if turn.observation is not None:
+            parts.append(turn.observation)
+        elif turn.tool_result is not None and turn.tool_result.stdout:
+            parts.append(f"\nCode execution result: {turn.tool_result.stdout}\n")
+    return "".join(parts) if trajectory.turns else trajectory.response_text
+
+
+def score_groups(
+    groups: Sequence[TrajectoryGroup], reward: Reward, *, progress: bool = True
+) -> list[TrajectoryGroup]:
+    """The groups with every trajectory's ``reward`` filled, via ``reward.score_many`` in chunks."""
+    items = [(scoring_text(t), g.problem.ground_truth) for g in groups for t in g.trajectories]
+    verdicts = []
+    with tqdm(total=len(items), desc="reward", unit="verdict", disable=not progress) as bar:
+        for start in range(0, len(items), SCORE_CHUNK):
+            chunk = items[start : start + SCORE_CHUNK]
+            results = reward.score_many(chunk)
+            if len(results) != len(chunk):
+                raise RuntimeError(
+                    f"reward {reward.name!r} returned {len(results)} verdicts for {len(chunk)} items"
+                )
+            verdicts.extend(results)
+            bar.update(len(chunk))
+    it = iter(verdicts)
+    return [g.replace([t.with_reward(next(it)) for t in g.trajectories]) for g in groups]
+
+
+# -- 5. files and the table -------------------------------------------------------------------
+def generation_record(group: TrajectoryGroup, trajectory: Trajectory) -> dict[str, Any]:
+    """One line of ``_generations.jsonl``: the sample, its turns and tool calls, and its verdict."""
+    reward = trajectory.reward
+    problem = group.problem
+    return {
+        "problem_id": problem.id,
+        "benchmark": problem.benchmark,
+        "sample_index": trajectory.sample_index,
+        "data_source": problem.data_source,
+        "question": problem.question,
+        "ground_truth": problem.ground_truth,
+        "response": trajectory.response_text,
+        "num_turns": trajectory.num_turns,
+        "num_tool_calls": trajectory.num_tool_calls,
+        "turns": [
+            {
+                "index": turn.index,
+                "text": turn.text,
+                "code": turn.code,
+                "tool": turn.tool_call.tool if turn.tool_call else None,
+                "tool_result": turn.tool_result.to_dict() if turn.tool_result else None,
+                "observation": turn.observation,
+                "final_answer": turn.final_answer,
+                "is_void": turn.is_void,
+                "truncated": turn.truncated,
+                "stop_reason": turn.stop_reason,
+            }
+            for turn in trajectory.turns
+        ],
+        "finish_reason": str(trajectory.finish_reason),
+        "truncated": trajectory.truncated,
+        "truncation_cause": trajectory.truncation_cause,
+        "response_tokens": len(trajectory.response_ids),
+        "answer": reward.extracted if reward else None,
+        "score": reward.score if reward else None,
+        "reason": reward.reason if reward else None,
+        "reward_extra": dict(reward.extra) if reward else {},
+    }
+
+
+def write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]]) -> Path:
+    """Stream records to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fmt(value: Any, pct: bool = True) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and pct:
+        return f"{100 * value:.1f}"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """A plain-text table: one row per benchmark and one for all of them."""
+    rows = [(name, m) for name, m in result["benchmarks"].items()]
+    rows.append(("overall", {k: v for k, v in result.items() if k not in ("benchmarks",)}))
+    n = result.get("samples_per_problem", 1)
+    top_k = max((int(k[5:]) for k in result if k.startswith("pass@")), default=1)
+    columns = [("benchmark", None), ("problems", "n_problems"), ("pass@1", "pass@1")]
+    if top_k > 1:
+        columns.append((f"pass@{top_k}", f"pass@{top_k}"))
+    columns += [
+        ("turns", "avg_turns"),
+        ("tool use", "tool_usage_rate"),
+        ("code ok", "code_success_rate"),
+        ("void", "void_turn_ratio"),
+        ("trunc", "truncation_ratio"),
+        ("answered", "answer_rate"),
+    ]
+    cells = [[title for title, _ in columns]]
+    for name, metrics in rows:
+        cells.append([name] + [_fmt(metrics.get(key), pct=key != "avg_turns") for _, key in columns[1:]])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return f"evaluation ({n} samples per problem; rates in %)\n" + "\n".join(lines)
+
+
+# -- the run ----------------------------------------------------------------------------------
+def _build_tools(config: ExperimentConfig, pm: SimpletirPluginManager) -> list[Tool]:
+    return [pm.build("tool", name, config) for name in config.tools] if config.tool_use else []
+
+
+def _close_all(closers: list[tuple[str, Any]]) -> None:
+    """Close in reverse order of building; one failing close neither hides the others nor the error."""
+    for what, close in reversed(closers):
+        try:
+            outcome = close()
+            if asyncio.iscoroutine(outcome):
+                asyncio.run(outcome)
+        except Exception as exc:  # reported; the next component is still closed
+            print(
+                f"simpletir: warning: closing the {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+
+
+def run_evaluation(
+    config: ExperimentConfig,
+    pm: SimpletirPluginManager,
+    *,
+    engine: PolicyEngine | None = None,
+    tools: Sequence[Tool] | None = None,
+    reward: Reward | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``config.model_name`` on ``config.valid_datasets``; returns the accuracy dict.
+
+    ``engine`` / ``tools`` / ``reward`` may be passed in (tests, embedding); those are then the
+    caller's to close. Whatever this function builds, it closes.
+    """
+    started = time.monotonic()
+    benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
+    closers: list[tuple[str, Any]] = []
+    try:
+        if reward is None:
+            reward = pm.build("reward", config.reward, config)
+            closers.append(("reward", reward.close))
+        warm_up = getattr(reward, "warm_up", None)
+        if callable(warm_up):
+            warm_up()  # verification workers load sympy while the model loads
+        if tools is None:
+            tools = _build_tools(config, pm)
+            closers.extend((f"tool {tool.name!r}", tool.aclose) for tool in tools)
+        if engine is None:
+            from simpletir.core.rollout import build_engine
+
+            engine = build_engine(config)
+            closers.append(("engine", engine.close))
+        from simpletir.core.rollout import RolloutRunner
+
+        runner = RolloutRunner(engine, tools, config)
+        problems = [p for ps in benchmarks.values() for p in ps]
+        t0 = time.monotonic()
+        groups = runner.run(problems, n=config.n_val, training=False)
+        rollout_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        groups = score_groups(groups, reward, progress=config.rollout.progress)
+        reward_s = time.monotonic() - t0
+    finally:
+        _close_all(closers)
+
+    # The runner returns groups in problem order, so positions map them back to benchmarks.
+    by_benchmark: dict[str, list[TrajectoryGroup]] = {}
+    position = 0
+    for name, ps in benchmarks.items():
+        by_benchmark[name] = groups[position : position + len(ps)]
+        position += len(ps)
+    metrics = evaluation_metrics(by_benchmark)
+    r = config.rollout
+    n_verdicts = sum(len(g.trajectories) for g in groups)
+    result: dict[str, Any] = {
+        **metrics["overall"],
+        "benchmarks": metrics["benchmarks"],
+        "experiment_name": config.experiment_name,
+        "model_name": config.model_name,
+        "valid_dataset": list(benchmarks),
+        "n_val": config.n_val,
+        "max_turns": config.max_turns,
+        "tool_use": config.tool_use,
+        "reward": config.reward,
+        "seed": config.seed,
+        "val_sample_size": config.val_sample_size,
+        "sampling": {
+            "temperature": r.val_temperature,
+            "top_p": r.val_top_p,
+            "top_k": r.val_top_k,
+            "max_response_length": config.max_response_length,
+        },
+        "timings": {
+            "rollout_s": rollout_s,
+            "reward_s": reward_s,
+            "verdicts_per_s": n_verdicts / reward_s if reward_s > 0 else None,
+            "total_s": time.monotonic() - started,
+        },
+    }
+    if config.output_acc_to_file:
+        logs = Path(config.logs_dir)
+        run = config.run_name
+        accuracy = atomic_write_json(logs / f"{run}_accuracy.json", result)
+        generations = write_jsonl_atomic(
+            logs / f"{run}_generations.jsonl",
+            (generation_record(g, t) for gs in by_benchmark.values() for g in gs for t in g.trajectories),
+        )
+        result["files"] = {"accuracy": str(accuracy), "generations": str(generations)}
+    print(summary_table(result))
+    if "files" in result:
+        print(f"wrote {result['files']['accuracy']} and {result['files']['generations']}")
+    return result

@@ -1,0 +1,364 @@
+"""The multi-turn tool-integrated agent loop, at token level.
+
+A trajectory is ``prompt_ids`` followed by ``response_ids``, built turn by turn from
+
+* the ids the engine generated in a turn (``loss_mask`` 1, engine logprobs), and
+* the ids of the tool observation appended after it (``loss_mask`` 0, logprob 0.0),
+
+never by decoding and re-tokenizing the whole text. Only the prompt and each observation are
+tokenized, each exactly once.
+
+One turn: generate with the tools' stop strings. When a stop string fires, the turn's text is
+offered to the tools; if none finds a *complete* call (the stop fired on an opening fence, say),
+the same turn continues generating from where it stopped. A turn ends on a complete call (the
+tool runs; its observation is appended; the next turn starts), on EOS, or on a length cap.
+
+How a trajectory ends (``finish_reason``), checked in this order after each turn:
+
+* ``answer``: the turn holds a ``\\boxed{}`` answer (a complete call in it still runs; its
+  output is recorded, not appended, as in SimpleTIR);
+* ``length``: a length cap cut the turn (``truncated``; cause ``response_length`` or
+  ``context_window``);
+* ``eos``: the model stopped after a complete call that no stop string caught (the code runs,
+  its output is not appended), or, single-turn (``tool_use=False``), without an answer;
+* ``void_turn``: the model stopped with neither a complete call nor an answer (``is_void``);
+* ``max_turns``: the last allowed turn made a call: the code runs, its output is not appended;
+* ``length`` again when an observation would not fit in ``max_response_length``: it is not
+  appended (the turn keeps its text and result) and the trajectory ends truncated.
+
+An observation longer than ``rollout.max_obs_tokens`` is cut to that many ids; the turn and the
+trajectory are marked truncated with cause ``observation_length`` (a later cap that ends the
+trajectory overrides the cause). A prompt over ``max_prompt_length`` is not cut: it yields an
+empty ``prompt_too_long`` trajectory.
+
+Concurrency: each trajectory is its own coroutine, so while one awaits its tool the others keep
+generating; there is no batch-wide barrier between turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from simpletir.core.errors import ConfigError
+from simpletir.core.rollout.engine import PolicyEngine, SamplingParams
+from simpletir.core.types import (
+    FinishReason,
+    Problem,
+    ToolCall,
+    ToolResult,
+    Trajectory,
+    TrajectoryGroup,
+    TruncationCause,
+    Turn,
+)
+
+if TYPE_CHECKING:
+    from simpletir.core.config import ExperimentConfig
+    from simpletir.core.specs import Tool
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` with balanced braces, or None."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth, i = 0, start + len("\\boxed")
+        for i in range(start + len("\\boxed"), len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start + len("\\boxed{") : i]
+        start = text.rfind("\\boxed{", 0, start)  # unclosed: look for an earlier, complete one
+    return None
+
+
+@dataclass
+class _Builder:
+    """The growing response of one trajectory: ids, masks and logprobs stay aligned."""
+
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    truncated: bool = False
+    cause: TruncationCause | None = None
+
+    def add_generated(self, ids: Sequence[int], logprobs: Sequence[float]) -> None:
+        self.ids.extend(ids)
+        self.mask.extend([1] * len(ids))
+        self.logprobs.extend(logprobs)
+
+    def add_observation(self, ids: Sequence[int]) -> None:
+        self.ids.extend(ids)
+        self.mask.extend([0] * len(ids))
+        self.logprobs.extend([0.0] * len(ids))
+
+    def truncate(self, cause: TruncationCause) -> None:
+        self.truncated = True
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class _TurnEnd:
+    kind: str  # "stop" (complete call), "eos", "length"
+    cause: TruncationCause | None = None
+
+
+class RolloutRunner:
+    """Samples ``n`` trajectories per problem with ``engine``, calling ``tools`` between turns."""
+
+    def __init__(self, engine: PolicyEngine, tools: Sequence[Tool], config: ExperimentConfig) -> None:
+        self.engine = engine
+        self.tools = list(tools) if config.tool_use else []
+        self.config = config
+        self.tokenizer = engine.tokenizer
+        if config.tool_use and not self.tools:
+            raise ConfigError("tool_use=True but no tools were given to RolloutRunner (config.tools)")
+        for key in ("max_turns", "max_prompt_length", "max_response_length"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"{key}={getattr(config, key)} must be >= 1")
+        if config.rollout.max_obs_tokens < 1:
+            raise ConfigError(f"rollout.max_obs_tokens={config.rollout.max_obs_tokens} must be >= 1")
+        if config.rollout.max_concurrency < 1:
+            raise ConfigError(f"rollout.max_concurrency={config.rollout.max_concurrency} must be >= 1")
+        try:
+            config.rollout.prompt_template.format(question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"rollout.prompt_template must contain {{question}} and escape other braces as "
+                f"{{{{ }}}}: {exc!r}"
+            ) from exc
+        if "{question}" not in config.rollout.prompt_template:
+            raise ConfigError("rollout.prompt_template has no {question} placeholder")
+        if config.rollout.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"rollout.chat_template=true but the tokenizer of model_name={config.model_name!r} has "
+                "no chat template; set rollout.chat_template=false"
+            )
+        # Every tool's stop strings, in order, without duplicates.
+        self.stop = tuple(dict.fromkeys(s for tool in self.tools for s in tool.stop_strings))
+        self._calls = itertools.count()
+
+    # -- prompts --------------------------------------------------------------------------
+    def build_prompt(self, problem: Problem) -> tuple[list[int], str]:
+        """Prompt ids and text: the template wraps the last user message; chat template optional."""
+        content = self.config.rollout.prompt_template.format(question=problem.question)
+        messages = [{"role": m.role, "content": m.content} for m in problem.messages]
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if users:
+            messages[users[-1]]["content"] = content
+        else:
+            messages.append({"role": "user", "content": content})
+        if self.config.rollout.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer.encode(text, add_special_tokens=False)), text
+        text = "\n\n".join(m["content"] for m in messages)
+        # add_special_tokens: a BOS where the model expects one (Llama), nothing for Qwen.
+        return list(self.tokenizer.encode(text, add_special_tokens=True)), text
+
+    def sampling(self, training: bool, max_tokens: int, seed: int) -> SamplingParams:
+        r = self.config.rollout
+        if training:
+            temperature, top_p, top_k = r.temperature, r.top_p, r.top_k
+        else:
+            temperature, top_p, top_k = r.val_temperature, r.val_top_p, r.val_top_k
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            stop=self.stop,
+            seed=seed,
+        )
+
+    def _seed(self, *parts: object) -> int:
+        digest = hashlib.blake2b(repr((self.config.seed, *parts)).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    # -- running --------------------------------------------------------------------------
+    def run(
+        self, problems: Sequence[Problem], n: int | None = None, training: bool = False
+    ) -> list[TrajectoryGroup]:
+        """Synchronous :meth:`arun`. Rewards are left None (the reward stage fills them)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(problems, n=n, training=training))
+        raise RuntimeError("RolloutRunner.run called inside a running event loop: await runner.arun()")
+
+    async def arun(
+        self, problems: Sequence[Problem], n: int | None = None, training: bool = False
+    ) -> list[TrajectoryGroup]:
+        """``n`` trajectories per problem (default ``rollout.n`` when training, else ``n_val``)."""
+        if n is None:
+            n = self.config.rollout.n if training else self.config.n_val
+        if n < 1:
+            raise ConfigError(f"n={n} samples per problem must be >= 1")
+        call = next(self._calls)  # later calls sample differently, yet reproducibly
+        semaphore = asyncio.Semaphore(self.config.rollout.max_concurrency)
+        bar = tqdm(
+            total=len(problems) * n,
+            desc="rollout" if training else "rollout (val)",
+            unit="traj",
+            disable=not self.config.rollout.progress,
+        )
+
+        async def one(problem: Problem, prompt: tuple[list[int], str], k: int) -> Trajectory:
+            async with semaphore:
+                trajectory = await self.trajectory(
+                    problem, prompt, k, training, seed_key=(call, problem.id, k)
+                )
+            bar.update(1)
+            return trajectory
+
+        try:
+            prompts = [self.build_prompt(p) for p in problems]
+            tasks = [one(p, prompt, k) for p, prompt in zip(problems, prompts, strict=True) for k in range(n)]
+            flat = await asyncio.gather(*tasks)
+        finally:
+            bar.close()
+        return [
+            TrajectoryGroup(problem, tuple(flat[i * n : (i + 1) * n])) for i, problem in enumerate(problems)
+        ]
+
+    # -- one trajectory -------------------------------------------------------------------
+    async def trajectory(
+        self,
+        problem: Problem,
+        prompt: tuple[list[int], str],
+        k: int,
+        training: bool,
+        seed_key: tuple[object, ...] = (),
+    ) -> Trajectory:
+        prompt_ids = prompt[0]
+        cfg = self.config
+        out = _Builder()
+        if len(prompt_ids) > cfg.max_prompt_length:
+            out.truncate("prompt_length")
+            return self._finish(problem, k, prompt, out, FinishReason.PROMPT_TOO_LONG)
+        max_turns = cfg.max_turns if cfg.tool_use else 1
+        requests = itertools.count()
+        for index in range(max_turns):
+            start = len(out.ids)
+            end = await self._generate_turn(
+                prompt_ids, out, training, lambda: self._seed(*seed_key, next(requests))
+            )
+            turn_ids = out.ids[start:]
+            text = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
+            found = self._parse(text)
+            answer = extract_boxed(text)
+            turn = Turn(
+                index=index,
+                gen_span=(start, len(out.ids)),
+                text=text,
+                code=found[1].code if found else None,
+                tool_call=found[1] if found else None,
+                final_answer=answer,
+                stop_reason=end.kind,
+            )
+            if end.kind == "length":
+                assert end.cause is not None
+                out.truncate(end.cause)
+                void = cfg.tool_use and found is None and answer is None
+                out.turns.append(_replace(turn, truncated=True, is_void=void))
+                return self._finish(problem, k, prompt, out, FinishReason.LENGTH)
+            result = await found[0].run(found[1]) if found else None
+            turn = _replace(turn, tool_result=result)
+            if answer is not None:
+                out.turns.append(turn)
+                return self._finish(problem, k, prompt, out, FinishReason.ANSWER)
+            if end.kind == "eos":
+                void = cfg.tool_use and found is None
+                out.turns.append(_replace(turn, is_void=void))
+                reason = FinishReason.VOID_TURN if void else FinishReason.EOS
+                return self._finish(problem, k, prompt, out, reason)
+            assert found is not None and result is not None  # a turn only ends on "stop" with a call
+            if index == max_turns - 1:
+                out.turns.append(turn)
+                return self._finish(problem, k, prompt, out, FinishReason.MAX_TURNS)
+            if not self._append_observation(out, turn, found[0], result):
+                return self._finish(problem, k, prompt, out, FinishReason.LENGTH)
+        raise AssertionError("unreachable: the last turn always finishes the trajectory")
+
+    async def _generate_turn(
+        self, prompt_ids: list[int], out: _Builder, training: bool, seed: Callable[[], int]
+    ) -> _TurnEnd:
+        """Generate one turn into ``out``, continuing past stop strings that end no complete call."""
+        start = len(out.ids)
+        while True:
+            budget = self.config.max_response_length - len(out.ids)
+            room = self.engine.max_model_len - len(prompt_ids) - len(out.ids)
+            if min(budget, room) < 1:
+                return _TurnEnd("length", "response_length" if budget <= room else "context_window")
+            params = self.sampling(training, min(budget, room), seed())
+            gen = await self.engine.generate(prompt_ids + out.ids, params)
+            out.add_generated(gen.token_ids, gen.logprobs)
+            if gen.finish == "stop":
+                text = self.tokenizer.decode(out.ids[start:], skip_special_tokens=True)
+                if self._parse(text) is None:
+                    continue  # the stop string fired on something that is no complete call
+                return _TurnEnd("stop")
+            if gen.finish == "length":
+                budget = self.config.max_response_length - len(out.ids)
+                room = self.engine.max_model_len - len(prompt_ids) - len(out.ids)
+                return _TurnEnd("length", "response_length" if budget <= room else "context_window")
+            return _TurnEnd("eos")
+
+    def _parse(self, text: str) -> tuple[Tool, ToolCall] | None:
+        for tool in self.tools:
+            call = tool.parse_call(text)
+            if call is not None:
+                return tool, call
+        return None
+
+    def _append_observation(self, out: _Builder, turn: Turn, tool: Tool, result: ToolResult) -> bool:
+        """Append the tool's observation ids; False (trajectory over) when they do not fit."""
+        observation = tool.format_observation(result)
+        ids = list(self.tokenizer.encode(observation, add_special_tokens=False))
+        cap = self.config.rollout.max_obs_tokens
+        cut = len(ids) > cap
+        if cut:
+            ids = ids[:cap]
+            out.truncate("observation_length")
+        if len(out.ids) + len(ids) >= self.config.max_response_length:
+            # No room for the observation and a next turn: end here rather than cut it silently.
+            out.truncate("response_length")
+            out.turns.append(_replace(turn, observation=observation, truncated=True))
+            return False
+        start = len(out.ids)
+        out.add_observation(ids)
+        seen = self.tokenizer.decode(ids, skip_special_tokens=False) if cut else observation
+        out.turns.append(_replace(turn, observation=seen, obs_span=(start, len(out.ids)), truncated=cut))
+        return True
+
+    def _finish(
+        self, problem: Problem, k: int, prompt: tuple[list[int], str], out: _Builder, reason: FinishReason
+    ) -> Trajectory:
+        return Trajectory(
+            problem_id=problem.id,
+            sample_index=k,
+            prompt_ids=tuple(prompt[0]),
+            response_ids=tuple(out.ids),
+            loss_mask=tuple(out.mask),
+            logprobs=tuple(out.logprobs),
+            turns=tuple(out.turns),
+            finish_reason=reason,
+            truncated=out.truncated,
+            truncation_cause=out.cause,
+            prompt_text=prompt[1],
+            response_text=self.tokenizer.decode(out.ids, skip_special_tokens=True),
+        )
+
+
+def _replace(turn: Turn, **changes: object) -> Turn:
+    import dataclasses
+
+    return dataclasses.replace(turn, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,159 @@
+"""Run an experiment: check it, make its run directory, call ``configure``, dispatch a stage.
+
+The stages live in their own modules and are imported only when a run needs them, so a
+missing stage is reported by name (:class:`StageUnavailableError`) instead of pretending:
+
+* ``val_only=True``  -> :func:`simpletir.core.evaluate.run_evaluation`
+* training           -> :func:`simpletir.core.trainer.run_training` (on the roadmap, not built yet)
+
+The run directory (``<runs_dir>/<experiment_name>``) holds the resolved config, the plugin
+versions and the final metrics; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import platform
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from simpletir import __version__
+from simpletir.core.config import ExperimentConfig
+from simpletir.core.config_load import to_yaml, validate_config
+from simpletir.core.errors import StageUnavailableError
+from simpletir.core.fileio import atomic_write_json, atomic_write_text
+from simpletir.core.plugins import SimpletirPluginManager
+from simpletir.core.types import StepReport
+
+CONFIG_FILE = "config.yaml"
+PLUGINS_FILE = "plugins.json"
+RESULT_FILE = "result.json"
+
+EVALUATION_STAGE = ("simpletir.core.evaluate", "run_evaluation", "evaluation (val_only) stage, issue 5")
+TRAINING_STAGE = ("simpletir.core.trainer", "run_training", "trainer stage (issue: roadmap)")
+
+
+def load_stage(
+    module: str, function: str, what: str
+) -> Callable[[ExperimentConfig, SimpletirPluginManager], Any]:
+    """Import a stage entry point, or say exactly which stage is not available yet."""
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:  # the stage exists but one of *its* imports is missing: a real error
+            raise
+        raise StageUnavailableError(
+            f"the {what} is not available yet in this installation ({module}.{function} does not exist)"
+        ) from exc
+    entry = getattr(loaded, function, None)
+    if entry is None:
+        raise StageUnavailableError(f"the {what} is not available yet: {module} has no {function}()")
+    return entry  # type: ignore[no-any-return]
+
+
+def prepare_run_dir(config: ExperimentConfig) -> Path:
+    """``<runs_dir>/<experiment_name>``; a fresh run never overwrites an earlier run's folder.
+
+    With ``resume`` the existing folder is reused; otherwise a taken name gets ``-2``, ``-3``...
+    """
+    base = Path(config.runs_dir) / config.experiment_name
+    candidate, suffix = base, 1
+    while not config.resume and (candidate / CONFIG_FILE).exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def plugin_versions(pm: SimpletirPluginManager) -> dict[str, Any]:
+    """What the run directory records about the software: enough to reproduce the run."""
+    registry = pm.registry()
+    return {
+        "simpletir": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "plugins": [
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "hooks": list(info.hooks),
+            }
+            for info in pm.plugin_infos()
+        ],
+        "components": [
+            {
+                "kind": e.spec.kind,
+                "name": e.spec.name,
+                "plugin": e.plugin,
+                "distribution": e.distribution,
+                "version": e.version,
+            }
+            for e in registry.all()
+        ],
+        "blocked": list(pm.blocked_names),
+    }
+
+
+def flatten_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric results as flat slash-named floats (``aime24/pass@1``); non-numbers skipped."""
+    flat: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}/"))
+        elif isinstance(value, bool | int | float):
+            flat[name] = float(value)
+    return flat
+
+
+def report_step(pm: SimpletirPluginManager, report: StepReport) -> None:
+    """Tell plugins a step ended: ``on_step_end`` for training, ``on_validation_end`` for validation.
+
+    The trainer calls this after each step and each periodic validation; :func:`run_experiment`
+    calls it once at the end of a ``val_only`` run (so an evaluation stage need not).
+    """
+    if report.phase == "val":
+        pm.hook.on_validation_end(report=report)
+    else:
+        pm.hook.on_step_end(report=report)
+
+
+def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
+    """Validate, record, configure plugins, then run the chosen stage. Returns its result."""
+    validate_config(config, pm)
+    # Written before the stage starts, so even a crashed run leaves its config and versions.
+    run_dir = prepare_run_dir(config)
+    config = dataclasses.replace(config, run_dir=str(run_dir))
+    atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
+    atomic_write_json(run_dir / PLUGINS_FILE, plugin_versions(pm))
+    pm.hook.configure.call_historic(kwargs={"config": config})
+
+    started = datetime.now(UTC)
+    if config.val_only:
+        stage = load_stage(*EVALUATION_STAGE)
+        result = dict(stage(config, pm) or {})
+        metrics = flatten_metrics(result)
+        report_step(pm, StepReport(step=0, epoch=0, metrics=metrics, phase="val"))
+    else:
+        stage = load_stage(*TRAINING_STAGE)
+        result = dict(stage(config, pm) or {})
+        metrics = flatten_metrics(result)
+
+    finished = datetime.now(UTC)
+    atomic_write_json(
+        run_dir / RESULT_FILE,
+        {
+            "stage": "evaluation" if config.val_only else "training",
+            "started": started.isoformat(),
+            "finished": finished.isoformat(),
+            "seconds": (finished - started).total_seconds(),
+            "metrics": metrics,
+        },
+    )
+    pm.hook.on_run_end(run_dir=str(run_dir), metrics=metrics)
+    return {"run_dir": str(run_dir), **result}

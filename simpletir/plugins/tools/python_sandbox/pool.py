@@ -1,0 +1,409 @@
+"""The host side: a pool of warm workers behind an async API.
+
+Each worker is one long-lived jail (see :mod:`.worker`) serving one snippet at a time over its
+stdin/stdout. The pool hands idle workers to callers in arrival order; the number of callers
+admitted at once is bounded (``max_queue``) so a burst cannot pile up unbounded work.
+
+Failure handling, and why it cannot deadlock:
+  * the worker enforces each snippet's wall time itself; the host waits ``host_grace_s`` longer
+    and then treats the worker as wedged: it is killed (SIGKILL to nsjail, whose death kills
+    the jail's PID 1 and with it the whole namespace) and replaced in the background;
+  * a worker that dies (EOF on its pipe) is replaced the same way;
+  * a caller cancelled mid-snippet kills its worker (the snippet may still be running) and
+    a replacement starts;
+  * replacements that keep failing mark the pool broken: every waiting caller then gets the
+    error instead of waiting for a worker that will never come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import struct
+import sys
+import tempfile
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from simpletir.core.errors import SandboxUnavailableError
+from simpletir.core.types import KilledBy, ToolResult
+
+from . import jail, provision
+from .config import SandboxConfig
+
+LEN = struct.Struct("!I")
+_REPLACE_ATTEMPTS = 3
+
+
+class WorkerLost(Exception):
+    """The worker stopped answering or died; it must be replaced."""
+
+
+class Worker:
+    """One jailed interpreter and its pipes."""
+
+    def __init__(self, cfg: SandboxConfig, command: list[str], uid: int | None, scratch: str | None) -> None:
+        self.cfg = cfg
+        self.command = command
+        self.uid = uid
+        self.scratch = scratch  # unsafe_local only: the host folder the worker uses as /tmp
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = tempfile.TemporaryFile(prefix="simpletir-sandbox-", suffix=".log")
+        self.served = 0
+
+    async def start(self, registry: set[int]) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self.log,
+            start_new_session=True,  # a Ctrl-C meant for the trainer does not hit the jail first
+            limit=1 << 20,
+        )
+        registry.add(self.proc.pid)
+        try:
+            header, _ = await asyncio.wait_for(self._read_frame(), self.cfg.start_timeout_s)
+        except (TimeoutError, WorkerLost) as exc:
+            self.kill()
+            raise SandboxUnavailableError(self._start_failure(exc)) from None
+        if not header.get("ready") or header.get("errors"):
+            self.kill()
+            raise SandboxUnavailableError(
+                f"sandbox worker started but could not prepare: {header.get('errors')}; "
+                "check plugin_config.python.preload / packages / memory_mb"
+            )
+
+    def _start_failure(self, exc: BaseException) -> str:
+        what = "timed out" if isinstance(exc, TimeoutError) else "exited"
+        log = self.log_tail()
+        hint = provision.HOW_TO_FIX if self.uid is not None else ""
+        return f"sandbox worker {what} while starting ({self.command[0]}): {log or 'no output'}. {hint}"
+
+    def log_tail(self, limit: int = 1500) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.log.seek(0, os.SEEK_END)
+            size = self.log.tell()
+            self.log.seek(max(0, size - limit))
+            return self.log.read().decode(errors="replace").strip()
+        return ""
+
+    async def _read_frame(self) -> tuple[dict[str, Any], bytes]:
+        import json
+
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            raw = await self.proc.stdout.readexactly(LEN.size)
+            header = json.loads(await self.proc.stdout.readexactly(LEN.unpack(raw)[0]))
+            size = sum(v for k, v in header.items() if k.endswith(("_head", "_tail")))
+            payload = await self.proc.stdout.readexactly(size) if size else b""
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            raise WorkerLost(f"worker pipe closed ({type(exc).__name__})") from exc
+        return header, payload
+
+    async def execute(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        import json
+
+        assert self.proc is not None and self.proc.stdin is not None
+        blob = json.dumps(request).encode()
+        try:
+            self.proc.stdin.write(LEN.pack(len(blob)) + blob)
+            await self.proc.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise WorkerLost(f"worker pipe closed ({type(exc).__name__})") from exc
+        frame = await self._read_frame()
+        self.served += 1
+        return frame
+
+    def kill(self) -> None:
+        """SIGKILL nsjail: its child is PID 1 of the jail, and when PID 1 dies the kernel kills
+        every process of the namespace, daemons included."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def close(self, registry: set[int]) -> None:
+        if self.proc is not None:
+            if self.proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    self.proc.stdin.close()
+            self.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 5.0)
+            registry.discard(self.proc.pid)
+        self.log.close()
+        if self.scratch:
+            import shutil
+
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _kill_all(pids: set[int]) -> None:
+    """Last resort at garbage collection or interpreter exit: no jail outlives its pool."""
+    for pid in list(pids):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    pids.clear()
+
+
+class SandboxPool:
+    """``await pool.execute(code)`` runs one snippet in a fresh forked child of a warm worker."""
+
+    def __init__(self, cfg: SandboxConfig) -> None:
+        self.cfg = cfg.validate()
+        self._pids: set[int] = set()
+        self._finalizer = weakref.finalize(self, _kill_all, self._pids)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: asyncio.Queue[Worker | None] | None = None
+        self._admission: asyncio.Semaphore | None = None
+        self._workers: set[Worker] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._nsjail: str | None = None
+        self._package_dir: str | None = None
+        self.replaced = 0  # workers replaced after a death, a wedge or a cancellation
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Provision packages and start every worker (also done lazily by the first call)."""
+        self._bind_loop()
+        assert self._start_lock is not None
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise RuntimeError("sandbox pool is closed")
+            if self.cfg.backend == "unsafe_local":
+                warnings.warn(
+                    "plugin_config.python.backend=unsafe_local: model-written code runs WITHOUT ANY "
+                    "ISOLATION as this user. Use it only to debug on a machine you can lose.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                print("WARNING: python sandbox backend unsafe_local: NO ISOLATION", file=sys.stderr)
+            else:
+                self._nsjail = provision.find_nsjail(self.cfg)
+            self._package_dir = await asyncio.to_thread(provision.package_dir, self.cfg)
+            workers = [self._new_worker() for _ in range(self.cfg.workers)]
+            results = await asyncio.gather(*(w.start(self._pids) for w in workers), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                for w in workers:
+                    await w.close(self._pids)
+                raise errors[0]
+            assert self._idle is not None
+            for w in workers:
+                self._workers.add(w)
+                self._idle.put_nowait(w)
+            self._started = True
+
+    def _bind_loop(self) -> None:
+        """Pipes belong to one event loop; a pool used from a new loop restarts its workers."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            _kill_all(self._pids)
+            self._workers.clear()
+            self._tasks.clear()
+        self._loop = loop
+        self._idle = asyncio.Queue()
+        self._admission = asyncio.Semaphore(self.cfg.max_queue)
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._broken = None
+
+    def _new_worker(self) -> Worker:
+        if self.cfg.backend == "unsafe_local":
+            scratch = tempfile.mkdtemp(prefix="simpletir-unsafe-")
+            return Worker(self.cfg, jail.unsafe_local_command(self.cfg, self._package_dir, scratch), None, scratch)
+        assert self._nsjail is not None
+        uid = jail.next_uid(self.cfg)
+        return Worker(self.cfg, jail.worker_command(self.cfg, self._nsjail, self._package_dir, uid), uid, None)
+
+    async def aclose(self) -> None:
+        """Stop every worker and wait for them. Idempotent."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._loop is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.gather(*(w.close(self._pids) for w in list(self._workers)), return_exceptions=True)
+            if self._idle is not None:
+                self._idle.put_nowait(None)  # wake anyone still waiting: they will see _closed
+        self._workers.clear()
+        _kill_all(self._pids)
+
+    @property
+    def worker_uids(self) -> list[int]:
+        return sorted(w.uid for w in self._workers if w.uid is not None)
+
+    # -- execution ------------------------------------------------------------------------
+    async def execute(self, code: str, *, timeout_s: float | None = None) -> ToolResult:
+        """Run one snippet; failures of the code (or of a worker) come back as a result."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        timeout = self.cfg.timeout_s if timeout_s is None else float(timeout_s)
+        if not timeout > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self._bind_loop()
+        if not self._started:
+            await self.start()
+        assert self._admission is not None
+        async with self._admission:
+            worker = await self._acquire()
+            request = {
+                "code": code,
+                "timeout_s": timeout,
+                "cpu_s": self.cfg.cpu_s or int(timeout) + 2,
+                "memory_mb": self.cfg.memory_mb,
+                "max_output_bytes": self.cfg.max_output_bytes,
+            }
+            started = time.perf_counter()
+            try:
+                header, payload = await asyncio.wait_for(
+                    worker.execute(request), timeout + self.cfg.host_grace_s
+                )
+            except asyncio.CancelledError:
+                self._replace(worker)
+                raise
+            except (TimeoutError, WorkerLost) as exc:
+                self._replace(worker)
+                return _lost_result(exc, worker, timeout, time.perf_counter() - started)
+            except BaseException:
+                self._replace(worker)
+                raise
+            assert self._idle is not None
+            self._idle.put_nowait(worker)
+        return _to_result(header, payload)
+
+    async def execute_many(
+        self, codes: Sequence[str], *, timeout_s: float | None = None
+    ) -> AsyncIterator[tuple[int, ToolResult]]:
+        """Yield ``(index, result)`` as snippets finish; at most ``workers * 2`` in flight, so a
+        long list never becomes a long list of tasks. Closing the iterator cancels the rest."""
+        window = max(1, self.cfg.workers * 2)
+        pending: set[asyncio.Task[tuple[int, ToolResult]]] = set()
+        items = iter(enumerate(codes))
+
+        async def one(i: int, code: str) -> tuple[int, ToolResult]:
+            return i, await self.execute(code, timeout_s=timeout_s)
+
+        try:
+            while True:
+                while len(pending) < window:
+                    nxt = next(items, None)
+                    if nxt is None:
+                        break
+                    pending.add(asyncio.ensure_future(one(*nxt)))
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _acquire(self) -> Worker:
+        assert self._idle is not None
+        while True:
+            if self._closed:
+                raise RuntimeError("sandbox pool is closed")
+            if self._broken is not None:
+                raise SandboxUnavailableError(f"sandbox workers cannot be replaced: {self._broken}")
+            worker = await self._idle.get()
+            if worker is not None:
+                return worker
+            self._idle.put_nowait(None)  # a wake-up: pass it on to the next waiter
+
+    def _replace(self, worker: Worker) -> None:
+        """Kill a worker that may be busy or wedged and start another in the background."""
+        worker.kill()
+        self._workers.discard(worker)
+        self.replaced += 1
+        task = asyncio.get_running_loop().create_task(self._replacement(worker))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replacement(self, old: Worker) -> None:
+        await old.close(self._pids)
+        last: BaseException | None = None
+        for attempt in range(_REPLACE_ATTEMPTS):
+            if self._closed:
+                return
+            worker = self._new_worker()
+            try:
+                await worker.start(self._pids)
+            except Exception as exc:
+                last = exc
+                await worker.close(self._pids)
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            if self._closed:
+                await worker.close(self._pids)
+                return
+            self._workers.add(worker)
+            assert self._idle is not None
+            self._idle.put_nowait(worker)
+            return
+        self._broken = last
+        assert self._idle is not None
+        self._idle.put_nowait(None)
+
+
+def _decode(data: bytes) -> str:
+    # Binary output must not break the JSON/text path: invalid UTF-8 becomes \xNN, NUL visible.
+    return data.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+
+
+def _stream(header: dict[str, Any], payload: bytes, offset: int, name: str) -> tuple[str, int, bool]:
+    head_n, tail_n, omitted = header[f"{name}_head"], header[f"{name}_tail"], header[f"{name}_omitted"]
+    head = payload[offset : offset + head_n]
+    tail = payload[offset + head_n : offset + head_n + tail_n]
+    text = _decode(head)
+    if omitted:
+        text += f"\n... [{omitted} bytes of {name} omitted by the sandbox] ...\n"
+    text += _decode(tail)
+    return text, offset + head_n + tail_n, omitted > 0
+
+
+def _to_result(header: dict[str, Any], payload: bytes) -> ToolResult:
+    stdout, offset, cut_out = _stream(header, payload, 0, "out")
+    stderr, _, cut_err = _stream(header, payload, offset, "err")
+    killed_by: KilledBy | None = header.get("killed_by")
+    return ToolResult(
+        stdout=stdout,
+        stderr=stderr,
+        exit_code=header.get("exit_code"),
+        timed_out=killed_by == "timeout",
+        killed_by=killed_by,
+        duration_ms=float(header.get("duration_ms", 0.0)),
+        truncated=cut_out or cut_err or killed_by == "output_limit",
+    )
+
+
+def _lost_result(exc: BaseException, worker: Worker, timeout: float, elapsed: float) -> ToolResult:
+    wedged = isinstance(exc, TimeoutError)
+    note = (
+        f"sandbox worker did not answer within {timeout:g} s (+ grace); it was killed and replaced"
+        if wedged
+        else f"sandbox worker died ({exc}); it was replaced. {worker.log_tail(300)}"
+    )
+    return ToolResult(
+        stdout="",
+        stderr=note,
+        exit_code=None,
+        timed_out=wedged,
+        killed_by="timeout" if wedged else "signal",
+        duration_ms=elapsed * 1000.0,
+        truncated=False,
+    )

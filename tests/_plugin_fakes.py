@@ -1,0 +1,98 @@
+"""Small in-test plugins providing one component of each kind, for core tests.
+
+They let the plugin manager, config checks and run dispatch be tested without the built-in
+plugins (and without a model, a sandbox or data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simpletir import hookimpl
+from simpletir.core.specs import BenchmarkSpec, FilterSpec, RewardSpec, ToolSpec
+from simpletir.core.types import Message, Problem
+
+
+@dataclass
+class EchoToolOptions:
+    timeout_s: float = 5.0
+    workers: int = 2
+
+
+@dataclass
+class ExactOptions:
+    strip: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Built:
+    """What a fake factory returns: the options and experiment config it was given."""
+
+    name: str
+    options: Any
+    experiment: Any
+
+
+class TinyBenchmark:
+    name = "tiny"
+
+    def load(self, data_dir: Path | None, *, limit: int | None = None, seed: int = 0) -> list[Problem]:
+        problems = [Problem(str(i), "tiny", (Message("user", f"{i}+1?"),), str(i + 1)) for i in range(6)]
+        return problems[:limit] if limit else problems
+
+
+@dataclass
+class CheckedOptions:
+    available: bool = True
+
+
+class CheckedBenchmark(TinyBenchmark):
+    """A benchmark that decides itself whether its data is there (e.g. an explicit path option)."""
+
+    def __init__(self, options: CheckedOptions) -> None:
+        self.options = options
+
+    def check_data(self, data_dir: Path | None) -> None:
+        from simpletir.core.errors import DataError
+
+        if not self.options.available:
+            raise DataError("checked: its data is not available")
+
+
+class FakeComponents:
+    """One tool, reward, filter and benchmark; names chosen to exercise suggestions."""
+
+    @hookimpl
+    def register_tools(self) -> list[ToolSpec]:
+        return [ToolSpec("echo", lambda o, e: Built("echo", o, e), EchoToolOptions, "echo the code back")]
+
+    @hookimpl
+    def register_rewards(self) -> list[RewardSpec]:
+        return [RewardSpec("exact", lambda o, e: Built("exact", o, e), ExactOptions, "exact string match")]
+
+    @hookimpl
+    def register_filters(self) -> list[FilterSpec]:
+        return [FilterSpec("keep_all", lambda o, e: Built("keep_all", o, e), description="keeps everything")]
+
+    @hookimpl
+    def register_benchmarks(self) -> list[BenchmarkSpec]:
+        return [
+            BenchmarkSpec("tiny", lambda o, e: TinyBenchmark(), aliases=("tiny/test",), description="6 sums"),
+            BenchmarkSpec("tiny_file", lambda o, e: TinyBenchmark(), data_files=("deepscaler/aime",)),
+            # data_files would fail, but check_data has the last word
+            BenchmarkSpec(
+                "checked", lambda o, e: CheckedBenchmark(o), CheckedOptions, data_files=("no/such",)
+            ),
+        ]
+
+
+FAKE_OVERRIDES = [
+    "tools=[echo]",
+    "reward=exact",
+    "filters=[keep_all]",
+    "valid_dataset=tiny",
+    "train_dataset=tiny",
+]
