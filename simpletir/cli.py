@@ -13,10 +13,13 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simpletir import __version__
 from simpletir.core.errors import SimpletirError, StageUnavailableError
+
+if TYPE_CHECKING:  # the plugin machinery is imported only by the subcommands that need it
+    from simpletir.core.plugins import SimpletirPluginManager
 
 EXIT_USER_ERROR = 2
 
@@ -83,7 +86,7 @@ def _split_config(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, list(args)
 
 
-def _make_pm(block: Sequence[str], *, collect_failures: bool = False) -> Any:
+def _make_pm(block: Sequence[str], *, collect_failures: bool = False) -> SimpletirPluginManager:
     from simpletir.core.plugins import make_plugin_manager, print_warning, unknown_blocked_names
 
     pm = make_plugin_manager(block=block, on_load_error="collect" if collect_failures else "raise")
@@ -186,7 +189,8 @@ def _delegate(module_name: str, subcommand: str) -> Callable[[list[str]], int]:
             f"'simpletir {subcommand}' is not available yet in this installation "
             f"({module_name} does not exist)"
         ) from exc
-    return module.main  # type: ignore[no-any-return]
+    main: Callable[[list[str]], int] = module.main
+    return main
 
 
 # -- entry points -----------------------------------------------------------------------------

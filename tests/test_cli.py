@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -313,7 +314,8 @@ def run_evaluation(config, pm):
 mod.run_evaluation = run_evaluation
 sys.modules["simpletir.core.evaluate"] = mod
 from simpletir.cli import main
-raise SystemExit(main(["run", "quickstart_cpu", "valid_dataset=arith_easy", "runs_dir={tmp_path}", "val_sample_size=3", "tool_use=False"]))
+argv = ["run", "quickstart_cpu", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
+raise SystemExit(main([*argv, "runs_dir={tmp_path}"]))
 """
     env = {
         **os.environ,
@@ -329,3 +331,24 @@ raise SystemExit(main(["run", "quickstart_cpu", "valid_dataset=arith_easy", "run
     assert result["n_problems"] == 3 and result["first"].startswith("What is")
     versions = json.loads((tmp_path / "quickstart_cpu" / PLUGINS_FILE).read_text())
     assert any(p["distribution"] == "simpletir-example-plugin" for p in versions["plugins"])
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^(bash scripts/setup\.sh && .+)$", readme, re.MULTILINE)
+    assert len(commands) >= 2, "README's first two commands must install and run"
+    assert "simpletir-run" in commands[0] and "pytest" in commands[1]
+    ci = REPO / ".ci" / "run"
+    assert commands[1] in ci.read_text(encoding="utf-8").splitlines()
+    assert os.access(ci, os.X_OK) and os.access(REPO / "scripts" / "setup.sh", os.R_OK)
+
+
+def test_a_run_that_cannot_start_leaves_no_run_dir(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data_dir: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "simpletir.core.trainer", None)
+    code, _, _ = run_cli(
+        capsys, "run", "single_turn_math", f"runs_dir={tmp_path}", f"data_dir={shared_data_dir}",
+        "train_dataset=simplelr_math_35/train",
+    )  # fmt: skip
+    assert code == 2 and list(tmp_path.iterdir()) == []

@@ -194,7 +194,8 @@ SEED_COMMANDS = {
     ),
     "multi_turn": (
         "simpletir_trainer",
-        "--model_name Qwen2.5-7B --max_turns 5 --train_batch_size 512 --train_dataset simplelr_math_35/train|deepscaler/train "
+        "--model_name Qwen2.5-7B --max_turns 5 --train_batch_size 512 "
+        "--train_dataset simplelr_math_35/train|deepscaler/train "
         "--total_epochs 100 --save_freq 20 --test_freq 10",
         {
             "model_name": "Qwen2.5-7B",

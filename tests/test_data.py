@@ -85,7 +85,7 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         read_parquet_problems(tmp_path / "nope.parquet", "x")
     (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(DataError, match="junk.parquet: not a readable parquet"):
+    with pytest.raises(DataError, match=r"junk\.parquet: not a readable parquet"):
         read_parquet_problems(tmp_path / "junk.parquet", "x")
 
 

@@ -14,7 +14,7 @@ from _plugin_fakes import FAKE_OVERRIDES, Built, EchoToolOptions, FakeComponents
 from simpletir import hookimpl
 from simpletir.core import plugins as plugins_module
 from simpletir.core.config_load import load_config
-from simpletir.core.errors import PluginError
+from simpletir.core.errors import ConfigError, PluginError
 from simpletir.core.plugins import (
     BLOCK_ENV,
     KINDS,
@@ -58,7 +58,7 @@ def test_lookup_suggests_the_closest_name() -> None:
         PluginError, match=r"unknown tool 'ecko' \(did you mean 'echo'\?\); available tools: echo"
     ):
         registry.tool("ecko")
-    with pytest.raises(PluginError, match="unknown filter 'keepall'.*'keep_all'"):
+    with pytest.raises(PluginError, match=r"unknown filter 'keepall'.*'keep_all'"):
         registry.filter("keepall")
 
 
@@ -94,7 +94,7 @@ def test_two_plugins_claiming_one_name_names_both_distributions() -> None:
 
 def test_alias_may_not_shadow_another_benchmark() -> None:
     with pytest.raises(
-        PluginError, match="benchmark 'tiny' is claimed by two plugins.*as an alias of 'other'"
+        PluginError, match=r"benchmark 'tiny' is claimed by two plugins.*as an alias of 'other'"
     ):
         fake_pm(("alias_clash", _AliasClash())).registry()
 
@@ -294,3 +294,32 @@ def test_run_calls_configure_validation_and_run_end(tmp_path: Path, monkeypatch:
     assert recorder.calls[1][1].metrics == {"tiny/pass@1": 0.5, "tiny/n": 6.0}
     assert recorder.calls[2][1] == (str(tmp_path / "t"), {"tiny/pass@1": 0.5, "tiny/n": 6.0})
     assert seen[0][1] == 6 and result["run_dir"] == str(tmp_path / "t")
+
+
+def test_configure_may_refuse_a_config_before_any_stage_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _fake_evaluation(monkeypatch, {})
+
+    class Refuser:
+        @hookimpl
+        def configure(self, config: Any) -> None:
+            if config.max_turns > 3:
+                raise ConfigError(f"refuser: max_turns {config.max_turns} is above 3")
+
+    pm = fake_pm(("refuser", Refuser()))
+    config = load_config(None, [*FAKE_OVERRIDES, "val_only=True", f"runs_dir={tmp_path}", "max_turns=4"])
+    with pytest.raises(ConfigError, match="refuser: max_turns 4 is above 3"):
+        run_experiment(config, pm)
+    assert seen == []
+
+
+def test_the_ten_line_plugin_in_the_docs_works() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    source = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("docs_example_plugin")
+    exec(compile(source, "docs/plugins.md", "exec"), module.__dict__)
+    pm = make_plugin_manager(load_entry_points=False, plugins=[("two_plus_two", module)])
+    config = load_config(None, ["valid_dataset=two_plus_two", "val_only=True"])
+    problems = pm.build("benchmark", "two_plus_two", config).load(None)
+    assert [(p.question, p.ground_truth) for p in problems] == [("What is 2 + 2?", "4")]

@@ -133,7 +133,8 @@ def test_pathological_answers_cost_at_most_the_timeout(reward: MathVerifyReward)
     assert results[-1].reason == "correct"  # the pool still works afterwards
     # 4 pathological items on 2 workers: 2 rounds of at most timeout + grace each.
     grace = reward.pool.grace_s
-    assert elapsed < 2 * (TIMEOUT_S + grace) + 1.0, f"took {elapsed:.1f} s"
+    # (+3 s of slack for a machine shared with other jobs; a stall would take minutes.)
+    assert elapsed < 2 * (TIMEOUT_S + grace) + 3.0, f"took {elapsed:.1f} s"
 
 
 def _worker_pids(pool: VerifierPool) -> list[int]:
@@ -160,7 +161,9 @@ def test_a_worker_that_dies_mid_item_gives_error_and_is_replaced() -> None:
     with VerifierPool(workers=1, timeout_s=10.0, options=JudgeOptions()) as pool:
         assert pool.run([("1", "1")]) == ["correct"]
         (pid,) = _worker_pids(pool)
-        killer = subprocess.Popen([sys.executable, "-c", f"import os,time; time.sleep(0.5); os.kill({pid}, 9)"])
+        killer = subprocess.Popen(
+            [sys.executable, "-c", f"import os,time; time.sleep(0.5); os.kill({pid}, 9)"]
+        )
         try:
             results = pool.run([("9^{9^{9^{9^{9}}}}", "5"), ("\\frac{1}{2}", "0.5")])
         finally:
@@ -187,7 +190,7 @@ def test_registered_through_the_plugin_manager_with_typed_options() -> None:
         assert built.options.timeout_s == 2.5 and built.options.last_number_fallback is True
     finally:
         built.close()
-    with pytest.raises(ConfigError, match="plugin_config.math_verify.timeout_s"):
+    with pytest.raises(ConfigError, match=r"plugin_config\.math_verify\.timeout_s"):
         pm.build("reward", "math_verify", ExperimentConfig(plugin_config={"math_verify": {"timeout_s": 0}}))
 
 
@@ -196,7 +199,9 @@ def test_score_cli_prints_the_verdict_as_json(capsys: pytest.CaptureFixture[str]
 
     assert main(["--response", "so \\boxed{\\dfrac{1}{2}}", "--answer", "0.5"]) == 0
     verdict = json.loads(capsys.readouterr().out)
-    assert verdict["score"] == 1.0 and verdict["reason"] == "correct" and verdict["extracted"] == "\\dfrac{1}{2}"
+    assert (
+        verdict["score"] == 1.0 and verdict["reason"] == "correct" and verdict["extracted"] == "\\dfrac{1}{2}"
+    )
     assert main(["--response", "no box", "--answer", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["reason"] == "no_answer"
     assert main(["--response", "x", "--answer", "3", "--reward", "nope"]) == 2

@@ -42,7 +42,9 @@ def iter_fields(cls: type = ExperimentConfig, prefix: str = "", section: str = "
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             yield from iter_fields(tp, f"{prefix}{f.name}.", f.name)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default: Any = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         yield FieldDoc(f"{prefix}{f.name}", _type_name(tp), default, f.metadata.get("help", ""), section)
 
 

@@ -206,22 +206,30 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return {head: _nest(rest, value) if rest else value}
 
 
+def _schema_type(parts: Sequence[str]) -> Any:
+    """The declared type of a dotted key, or None when the schema does not fix it."""
+    cls: Any = ExperimentConfig
+    tp: Any = None
+    for part in parts:
+        if not _is_dataclass_type(cls):
+            return None
+        tp = _field_types(cls).get(part)
+        cls = tp
+    return tp
+
+
 def _override_to_data(key: str, raw: str) -> dict[str, Any]:
     """One override as a nested mapping, shaped like the YAML would be."""
     value = _parse_value(raw)
     parts = key.split(".")
-    top_types = _field_types(ExperimentConfig)
-    if parts[0] in _DATASET_FIELDS and len(parts) == 1:
-        value = " ".join(map(str, value)) if isinstance(value, list) else str(raw).strip()
-    elif (
-        len(parts) == 1
-        and parts[0] in top_types
-        and _is_str_list(top_types[parts[0]])
-        and isinstance(value, str)
-    ):
+    target = _schema_type(parts)
+    if len(parts) == 1 and parts[0] in _DATASET_FIELDS:
+        value = " ".join(map(str, value)) if isinstance(value, list) else raw.strip()
+    elif _is_str_list(target) and isinstance(value, str):
         value = value.replace(",", " ").split()
-    elif len(parts) == 1 and parts[0] in ("experiment_name", "model_name") and not isinstance(value, str):
-        value = raw.strip()  # a name like 1e5 or True stays the text the user typed
+    elif target in (str, str | None) and not isinstance(value, str):
+        # A text field keeps the text typed (a name like 1e5, True or "a: b"); null clears it.
+        value = None if target == str | None and value is None else raw.strip()
     return _nest(key, value)
 
 
@@ -401,10 +409,14 @@ def validate_config(config: ExperimentConfig, pm: SimpletirPluginManager, *, che
 def _check_dataset_files(
     config: ExperimentConfig, registry: Registry, benchmarks: list[tuple[str, BenchmarkSpec | None]]
 ) -> None:
-    from simpletir.core.data import dataset_path, describe_data_dir_search, resolve_data_dir
+    from simpletir.core.data import DATA_DIR_ENV, dataset_path, describe_data_dir_search, resolve_data_dir
 
     data_dir = resolve_data_dir(config.data_dir)
-    searched = describe_data_dir_search(config.data_dir)
+    searched = (
+        f"data directory {str(data_dir)!r}; set data_dir or ${DATA_DIR_ENV} to use another"
+        if data_dir is not None
+        else describe_data_dir_search(config.data_dir)
+    )
     for name, bench in benchmarks:
         if bench is not None:
             # A benchmark whose options can move its data (an explicit path, the hub) says itself
@@ -427,4 +439,6 @@ def _check_dataset_files(
                     f"unknown dataset {name!r}{closest(name, names)}: no benchmark plugin provides it and "
                     f"{str(path)!r} does not exist (benchmarks: {installed})"
                 )
-            raise DataError(f"benchmark {bench.name!r} needs {str(path)!r}, which does not exist ({searched})")
+            raise DataError(
+                f"benchmark {bench.name!r} needs {str(path)!r}, which does not exist ({searched})"
+            )

@@ -45,6 +45,7 @@ from simpletir.core.data import (
     describe_data_dir_search,
     read_parquet_problems,
     resolve_data_dir,
+    sample_problems,
 )
 from simpletir.core.errors import ConfigError, DataError
 from simpletir.core.fileio import atomic_write_json
@@ -83,8 +84,6 @@ def load_benchmarks(config: ExperimentConfig, pm: SimpletirPluginManager) -> dic
                 raise DataError(
                     f"dataset {name!r}: no data directory found ({describe_data_dir_search(config.data_dir)})"
                 )
-            from simpletir.core.data import sample_problems
-
             problems = sample_problems(
                 read_parquet_problems(dataset_path(data_dir, name), name), limit, config.seed
             )
@@ -237,6 +236,28 @@ def _build_tools(config: ExperimentConfig, pm: SimpletirPluginManager) -> list[T
     return [pm.build("tool", name, config) for name in config.tools] if config.tool_use else []
 
 
+def _warn_close(what: str, exc: Exception) -> None:
+    print(f"simpletir: warning: closing the {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+async def _rollout(
+    runner: Any, problems: list[Problem], n: int, owned_tools: Sequence[Tool]
+) -> list[TrajectoryGroup]:
+    """The rollout, then the closing of the tools it used, in one event loop.
+
+    A tool's subprocess transports belong to the loop that made them; closed from another loop
+    they are torn down by the garbage collector later ("Event loop is closed").
+    """
+    try:
+        return await runner.arun(problems, n=n, training=False)
+    finally:
+        for tool in reversed(owned_tools):
+            try:
+                await tool.aclose()
+            except Exception as exc:  # reported; the other tools are still closed
+                _warn_close(f"tool {tool.name!r}", exc)
+
+
 def _close_all(closers: list[tuple[str, Any]]) -> None:
     """Close in reverse order of building; one failing close neither hides the others nor the error."""
     for what, close in reversed(closers):
@@ -245,9 +266,7 @@ def _close_all(closers: list[tuple[str, Any]]) -> None:
             if asyncio.iscoroutine(outcome):
                 asyncio.run(outcome)
         except Exception as exc:  # reported; the next component is still closed
-            print(
-                f"simpletir: warning: closing the {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr
-            )
+            _warn_close(what, exc)
 
 
 def run_evaluation(
@@ -266,6 +285,7 @@ def run_evaluation(
     started = time.monotonic()
     benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
     closers: list[tuple[str, Any]] = []
+    owned_tools: list[Tool] = []
     try:
         if reward is None:
             reward = pm.build("reward", config.reward, config)
@@ -274,7 +294,9 @@ def run_evaluation(
         if callable(warm_up):
             warm_up()  # verification workers load sympy while the model loads
         if tools is None:
-            tools = _build_tools(config, pm)
+            tools = owned_tools = _build_tools(config, pm)
+            # Closed after the rollout inside its event loop; this is the backstop for a failure
+            # before the rollout starts (aclose is idempotent).
             closers.extend((f"tool {tool.name!r}", tool.aclose) for tool in tools)
         if engine is None:
             from simpletir.core.rollout import build_engine
@@ -286,7 +308,7 @@ def run_evaluation(
         runner = RolloutRunner(engine, tools, config)
         problems = [p for ps in benchmarks.values() for p in ps]
         t0 = time.monotonic()
-        groups = runner.run(problems, n=config.n_val, training=False)
+        groups = asyncio.run(_rollout(runner, problems, config.n_val, owned_tools))
         rollout_s = time.monotonic() - t0
         t0 = time.monotonic()
         groups = score_groups(groups, reward, progress=config.rollout.progress)

@@ -52,7 +52,8 @@ def load_stage(
     entry = getattr(loaded, function, None)
     if entry is None:
         raise StageUnavailableError(f"the {what} is not available yet: {module} has no {function}()")
-    return entry  # type: ignore[no-any-return]
+    stage: Callable[[ExperimentConfig, SimpletirPluginManager], Any] = entry
+    return stage
 
 
 def prepare_run_dir(config: ExperimentConfig) -> Path:
@@ -126,6 +127,8 @@ def report_step(pm: SimpletirPluginManager, report: StepReport) -> None:
 def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
     """Validate, record, configure plugins, then run the chosen stage. Returns its result."""
     validate_config(config, pm)
+    # Find the stage first: a run that cannot start leaves no run directory behind.
+    stage = load_stage(*(EVALUATION_STAGE if config.val_only else TRAINING_STAGE))
     # Written before the stage starts, so even a crashed run leaves its config and versions.
     run_dir = prepare_run_dir(config)
     config = dataclasses.replace(config, run_dir=str(run_dir))
@@ -134,15 +137,10 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
     pm.hook.configure.call_historic(kwargs={"config": config})
 
     started = datetime.now(UTC)
+    result = dict(stage(config, pm) or {})
+    metrics = flatten_metrics(result)
     if config.val_only:
-        stage = load_stage(*EVALUATION_STAGE)
-        result = dict(stage(config, pm) or {})
-        metrics = flatten_metrics(result)
         report_step(pm, StepReport(step=0, epoch=0, metrics=metrics, phase="val"))
-    else:
-        stage = load_stage(*TRAINING_STAGE)
-        result = dict(stage(config, pm) or {})
-        metrics = flatten_metrics(result)
 
     finished = datetime.now(UTC)
     atomic_write_json(

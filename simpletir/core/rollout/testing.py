@@ -202,3 +202,54 @@ def train_scripted_model(
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)
     return float(loss.item())
+
+
+# A scripted tool-integrated conversation: two code turns, then an answer. ``train_scripted_model``
+# teaches it to tiny-qwen2 so real engines can run real multi-turn rollouts on CPU.
+TIR_SCRIPT: tuple[str, ...] = (
+    "Let me compute this with Python.\n```python\nprint(6 * 7)\n```\n",
+    "\nCode execution result: 42\n",
+    "Now check it.\n```python\nprint(42 == 6 * 7)\n```\n",
+    "\nCode execution result: True\n",
+    "The answer is \\boxed{42}.<|im_end|>",
+)
+TIR_QUESTION = "What is 6 times 7?"
+
+
+def tir_respond(code: str) -> ToolResult:
+    """What Python prints for the two snippets of :data:`TIR_SCRIPT` (no code is executed)."""
+    answers = {"print(6 * 7)": "42", "print(42 == 6 * 7)": "True"}
+    return ToolResult(stdout=answers.get(code.strip(), ""), exit_code=0 if code.strip() in answers else 1)
+
+
+def scripted_tir_model(prompts: Sequence[Sequence[int]], *, base: str = "tiny-qwen2") -> Path:
+    """tiny-qwen2 overfit on :data:`TIR_SCRIPT` after each prompt; built once, cached by content."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from simpletir.core.rollout.models import cache_dir, resolve_model
+
+    base_dir = resolve_model(base)
+    key = hashlib.sha256(repr((str(base_dir.name), [list(p) for p in prompts], TIR_SCRIPT)).encode())
+    target = cache_dir() / f"scripted-tir-{key.hexdigest()[:16]}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pieces = [tokenizer.encode(piece, add_special_tokens=False) for piece in TIR_SCRIPT]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".scripted-tir-", dir=target.parent))
+    try:
+        train_scripted_model(base_dir, tmp, [(p, pieces) for p in prompts])
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

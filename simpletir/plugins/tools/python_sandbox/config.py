@@ -85,16 +85,21 @@ class SandboxConfig:
 
         key = "plugin_config.python"
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), f.default if f.default is not dataclasses.MISSING
-                        else f.default_factory())  # type: ignore[misc]
+            factory: Any = f.default_factory
+            _check_type(
+                f.name, getattr(self, f.name), factory() if f.default is dataclasses.MISSING else f.default
+            )
 
         def need(ok: bool, name: str, why: str) -> None:
             if not ok:
                 raise ConfigError(f"{key}.{name}={getattr(self, name)!r}: {why}")
 
         need(self.backend in ("nsjail", "unsafe_local"), "backend", "must be 'nsjail' or 'unsafe_local'")
-        need(self.stderr_policy in ("both", "last_line", "stdout_only"), "stderr_policy",
-             "must be 'both', 'last_line' or 'stdout_only'")
+        need(
+            self.stderr_policy in ("both", "last_line", "stdout_only"),
+            "stderr_policy",
+            "must be 'both', 'last_line' or 'stdout_only'",
+        )
         need(1 <= self.workers <= 256, "workers", "must be between 1 and 256")
         need(self.max_queue >= 1, "max_queue", "must be >= 1")
         need(self.timeout_s > 0, "timeout_s", "must be > 0")
@@ -111,10 +116,16 @@ class SandboxConfig:
         need(1000 <= self.uid_base <= 2**31 - 70000, "uid_base", "must be a free host uid range >= 1000")
         need(self.max_chars >= 0, "max_chars", "must be >= 0")
         need(self.keep_head >= 0 and self.keep_tail >= 0, "keep_head", "keep_head/keep_tail must be >= 0")
-        need(self.python.startswith("/") and not self.python.startswith("/root"), "python",
-             "must be an absolute path outside /root (nsjail cannot bind-mount from /root)")
-        need(all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings",
-             "must be non-empty strings")
+        need(
+            self.python.startswith("/") and not self.python.startswith("/root"),
+            "python",
+            "must be an absolute path outside /root (nsjail cannot bind-mount from /root)",
+        )
+        need(
+            all(isinstance(s, str) and s for s in self.stop_strings),
+            "stop_strings",
+            "must be non-empty strings",
+        )
         try:
             compiled = re.compile(self.code_pattern, re.DOTALL)
         except re.error as exc:

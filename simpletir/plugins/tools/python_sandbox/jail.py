@@ -136,7 +136,9 @@ def worker_command(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid
 
 def unsafe_local_command(cfg: SandboxConfig, package_dir: str | None, scratch: str) -> list[str]:
     """The same worker, with NO jail: no namespaces, no uid change, no private /tmp."""
-    settings = worker_settings(cfg, scratch=scratch, sys_path=[package_dir] if package_dir else [], jailed=False)
+    settings = worker_settings(
+        cfg, scratch=scratch, sys_path=[package_dir] if package_dir else [], jailed=False
+    )
     return [cfg.python, "-E", "-s", "-B", "-c", worker_source(), settings]
 
 

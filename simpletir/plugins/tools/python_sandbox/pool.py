@@ -53,8 +53,11 @@ class Worker:
         self.uid = uid
         self.scratch = scratch  # unsafe_local only: the host folder the worker uses as /tmp
         self.proc: asyncio.subprocess.Process | None = None
-        self.log = tempfile.TemporaryFile(prefix="simpletir-sandbox-", suffix=".log")
+        # nsjail's and the server's own messages; read back to explain a failure.
+        self.log = tempfile.TemporaryFile(prefix="simpletir-sandbox-", suffix=".log")  # noqa: SIM115
         self.served = 0
+        self.jail_pids: list[int] = []  # host pids of the jail's PID 1 (nsjail's child)
+        self.log_text = ""
 
     async def start(self, registry: set[int]) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -69,10 +72,14 @@ class Worker:
         try:
             header, _ = await asyncio.wait_for(self._read_frame(), self.cfg.start_timeout_s)
         except (TimeoutError, WorkerLost) as exc:
-            self.kill()
+            await self.close(registry)
             raise SandboxUnavailableError(self._start_failure(exc)) from None
+        except BaseException:  # cancelled while starting: leave no process behind
+            await asyncio.shield(self.close(registry))
+            raise
+        self.jail_pids = _children(self.proc.pid)
         if not header.get("ready") or header.get("errors"):
-            self.kill()
+            await self.close(registry)
             raise SandboxUnavailableError(
                 f"sandbox worker started but could not prepare: {header.get('errors')}; "
                 "check plugin_config.python.preload / packages / memory_mb"
@@ -85,6 +92,8 @@ class Worker:
         return f"sandbox worker {what} while starting ({self.command[0]}): {log or 'no output'}. {hint}"
 
     def log_tail(self, limit: int = 1500) -> str:
+        if self.log.closed:
+            return self.log_text[-limit:]
         with contextlib.suppress(OSError, ValueError):
             self.log.seek(0, os.SEEK_END)
             size = self.log.tell()
@@ -119,6 +128,22 @@ class Worker:
         self.served += 1
         return frame
 
+    def abandon(self) -> None:
+        """Forget a worker whose event loop is gone: its process is already killed; close the
+        raw pipes ourselves, since asyncio would try (and fail) to use the dead loop for it."""
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            for fd in (0, 1):
+                pipe = transport.get_pipe_transport(fd)
+                raw = getattr(pipe, "_pipe", None)
+                if raw is not None:
+                    with contextlib.suppress(OSError):
+                        raw.close()
+                    pipe._pipe = None
+            transport._closed = True
+        with contextlib.suppress(OSError, ValueError):
+            self.log.close()
+
     def kill(self) -> None:
         """SIGKILL nsjail: its child is PID 1 of the jail, and when PID 1 dies the kernel kills
         every process of the namespace, daemons included."""
@@ -127,19 +152,51 @@ class Worker:
                 self.proc.kill()
 
     async def close(self, registry: set[int]) -> None:
+        """Stop the worker and return only once no process of its jail is left."""
         if self.proc is not None:
             if self.proc.stdin is not None:
+                # Graceful first: on end-of-file the server exits, and PID 1's exit makes the
+                # kernel kill and reap the whole namespace before nsjail sees it gone.
                 with contextlib.suppress(Exception):
                     self.proc.stdin.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.proc.wait(), 1.0)
             self.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.proc.wait(), 5.0)
             registry.discard(self.proc.pid)
-        self.log.close()
+            # asyncio has no public way to close a subprocess transport; without this its pipes
+            # linger until garbage collection, possibly after the loop is closed.
+            transport = getattr(self.proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+            deadline = time.monotonic() + 5.0
+            while any(_alive(pid) for pid in self.jail_pids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        if not self.log.closed:
+            self.log_text = self.log_tail()
+            self.log.close()
         if self.scratch:
             import shutil
 
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie holds no resources)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _kill_all(pids: set[int]) -> None:
@@ -211,6 +268,8 @@ class SandboxPool:
             return
         if self._loop is not None:
             _kill_all(self._pids)
+            for worker in self._workers:
+                worker.abandon()
             self._workers.clear()
             self._tasks.clear()
         self._loop = loop
@@ -223,10 +282,14 @@ class SandboxPool:
     def _new_worker(self) -> Worker:
         if self.cfg.backend == "unsafe_local":
             scratch = tempfile.mkdtemp(prefix="simpletir-unsafe-")
-            return Worker(self.cfg, jail.unsafe_local_command(self.cfg, self._package_dir, scratch), None, scratch)
+            return Worker(
+                self.cfg, jail.unsafe_local_command(self.cfg, self._package_dir, scratch), None, scratch
+            )
         assert self._nsjail is not None
         uid = jail.next_uid(self.cfg)
-        return Worker(self.cfg, jail.worker_command(self.cfg, self._nsjail, self._package_dir, uid), uid, None)
+        return Worker(
+            self.cfg, jail.worker_command(self.cfg, self._nsjail, self._package_dir, uid), uid, None
+        )
 
     async def aclose(self) -> None:
         """Stop every worker and wait for them. Idempotent."""
@@ -234,11 +297,15 @@ class SandboxPool:
         for task in list(self._tasks):
             task.cancel()
         if self._loop is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await asyncio.gather(*(w.close(self._pids) for w in list(self._workers)), return_exceptions=True)
+            self._workers.clear()
             if self._idle is not None:
                 self._idle.put_nowait(None)  # wake anyone still waiting: they will see _closed
-        self._workers.clear()
         _kill_all(self._pids)
+        for worker in self._workers:  # only left when closed from another event loop
+            worker.abandon()
+        self._workers.clear()
 
     @property
     def worker_uids(self) -> list[int]:

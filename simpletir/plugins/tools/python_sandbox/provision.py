@@ -86,7 +86,7 @@ def python_version(python: str) -> tuple[int, int]:
 def _package_paths(name: str) -> list[Path]:
     """The folder (or module file) of an installed package, plus its vendored ``<name>.libs``."""
     spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None and not spec.submodule_search_locations:
+    if spec is None or (spec.origin is None and not spec.submodule_search_locations):
         raise SandboxUnavailableError(
             f"plugin_config.python.packages: {name!r} is not installed in this environment "
             f"({sys.executable}); install it or remove it from the list"
@@ -163,7 +163,7 @@ def _copy_packages(cfg: SandboxConfig, dest: Path, key: str) -> Path:
                 else:
                     shutil.copy2(src, staging / src.name)
         (staging / ".complete").write_text(key + "\n")
-        for root, dirs, files in os.walk(staging):
+        for root, _dirs, files in os.walk(staging):
             os.chmod(root, 0o755)
             for fname in files:
                 os.chmod(os.path.join(root, fname), 0o644 if not fname.endswith(".so") else 0o755)

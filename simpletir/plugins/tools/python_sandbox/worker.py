@@ -1,3 +1,4 @@
+# ruff: noqa: SIM105  (plain try/except: no contextlib frames in the forked hot path)
 """The server that runs *inside* one jail: a warm interpreter that forks a fresh child per snippet.
 
 This file is executed by the jail's own interpreter (``/usr/bin/python3 -E -s -B -c <source>``),
@@ -107,7 +108,7 @@ def set_limits(req, cfg):
         (resource.RLIMIT_AS, mem, mem),
         (resource.RLIMIT_CORE, 0, 0),
     ):
-        cur_soft, cur_hard = resource.getrlimit(res)
+        _soft, cur_hard = resource.getrlimit(res)
         if cur_hard != resource.RLIM_INFINITY:
             hard = min(hard, cur_hard)
             soft = min(soft, hard)
@@ -117,14 +118,13 @@ def set_limits(req, cfg):
             pass
 
 
+_PRCTL: list = []  # libc's prctl, looked up once by the server so forked children need no dlopen
+
+
 def set_name(name):
     """Name the process (``comm``) so tests and operators can tell server, spare and run apart."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL:
+        _PRCTL[0](15, name.encode(), 0, 0, 0)  # PR_SET_NAME
 
 
 class Spare:
@@ -191,7 +191,7 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
         io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
     )
     sys.argv = ["<snippet>"]
-    builtins.final_answer = final_answer
+    builtins.final_answer = final_answer  # type: ignore[attr-defined]
     raw = read_exact(3, LEN.size)
     body = read_exact(3, LEN.unpack(raw)[0]) if raw else None
     os.close(3)
@@ -211,7 +211,8 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
     except BaseException as exc:
         code = 1
         try:
-            traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+            tb = exc.__traceback__
+            traceback.print_exception(type(exc), exc, tb.tb_next if tb else None)
         except BaseException:
             pass
     finally:
@@ -464,7 +465,8 @@ def main():
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: no ptrace, no /proc/1/mem
+        _PRCTL.append(ctypes.CDLL(None).prctl)
+        _PRCTL[0](4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: no ptrace, no /proc/1/mem
     except (OSError, AttributeError):
         pass
     for path in reversed(cfg.get("sys_path", [])):

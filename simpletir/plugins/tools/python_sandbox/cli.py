@@ -1,0 +1,123 @@
+"""``simpletir sandbox ...``: run a file in the sandbox, benchmark it, or provision it.
+
+    simpletir sandbox exec FILE|-  [--timeout S] [-o key=value ...]
+        prints one JSON object {stdout, stderr, exit_code, timed_out, killed_by, duration_ms,
+        truncated}; exits 0 when the sandbox ran the code (whatever the code did).
+    simpletir sandbox bench [--quick] [-o key=value ...]
+        bare python3 -c vs cold nsjail vs the warm pool, side by side.
+    simpletir sandbox setup [-o key=value ...]
+        provisions the package folder and starts one worker to prove the jail works.
+
+``-o`` sets any option of ``plugin_config.python`` (see docs/sandbox.md), e.g. ``-o workers=4``.
+Until the top-level CLI wires it, run ``python -m simpletir.plugins.tools.python_sandbox.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from simpletir.core.errors import ConfigError, SimpletirError
+
+from .config import SandboxConfig
+from .pool import SandboxPool
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _config(options: list[str]) -> SandboxConfig:
+    values: dict[str, Any] = {}
+    for item in options:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-o {item!r}: expected key=value (e.g. -o workers=4)")
+        values[key.strip()] = _value(raw)
+    return SandboxConfig.from_mapping(values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simpletir sandbox", description="The python tool's sandbox (nsjail warm pool)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("exec", help="run a Python file (or - for stdin) and print a JSON result")
+    ex.add_argument("file", help="path of the code to run, or - to read it from stdin")
+    ex.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    bench = sub.add_parser("bench", help="bare python3 -c vs cold nsjail vs warm pool")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test)")
+    sub.add_parser("setup", help="provision packages and prove a worker starts")
+    for p in (ex, bench, sub.choices["setup"]):
+        p.add_argument(
+            "-o",
+            "--option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a plugin_config.python option (repeatable)",
+        )
+    return parser
+
+
+async def _exec(cfg: SandboxConfig, code: str, timeout: float | None) -> dict[str, Any]:
+    pool = SandboxPool(cfg)
+    try:
+        result = await pool.execute(code, timeout_s=timeout)
+    finally:
+        await pool.aclose()
+    return result.to_dict()
+
+
+async def _setup(cfg: SandboxConfig) -> str:
+    import dataclasses
+
+    pool = SandboxPool(dataclasses.replace(cfg, workers=1))
+    try:
+        result = await pool.execute("import sys; print(sys.version.split()[0])")
+    finally:
+        await pool.aclose()
+    if not result.ok:
+        raise SimpletirError(f"the sandbox started but a test snippet failed: {result}")
+    from .provision import package_dir
+
+    return f"sandbox ready: packages in {package_dir(cfg)}, jailed Python {result.stdout.strip()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _config(args.option)
+        if cfg.workers > 1 and args.command == "exec":
+            cfg.workers = 1  # one snippet needs one worker; starting more only costs time
+        if args.command == "exec":
+            if args.file == "-":
+                code = sys.stdin.read()
+            else:
+                try:
+                    with open(args.file, encoding="utf-8") as fh:
+                        code = fh.read()
+                except OSError as exc:
+                    raise SimpletirError(f"cannot read {args.file!r}: {exc.strerror}") from None
+            print(json.dumps(asyncio.run(_exec(cfg, code, args.timeout)), ensure_ascii=False))
+        elif args.command == "bench":
+            from .benchmark import report, run_benchmark
+
+            sizes = dict(n_rate=300, n_lat=50, n_sympy=10, n_subprocess=10) if args.quick else {}
+            print(report(run_benchmark(cfg, **sizes)))
+        else:
+            print(asyncio.run(_setup(cfg)))
+    except SimpletirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
