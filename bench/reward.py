@@ -46,7 +46,7 @@ def golds(data_dir: Path) -> list[str]:
 
 
 def eval_workload(all_golds: list[str], samples: int, rng: random.Random) -> list[tuple[str, str]]:
-    items = []
+    items: list[tuple[str, str]] = []
     for gold in all_golds:
         for _ in range(samples):
             roll = rng.random()
@@ -70,7 +70,7 @@ def eval_workload(all_golds: list[str], samples: int, rng: random.Random) -> lis
 def hard_workload(all_golds: list[str], n: int, rng: random.Random) -> list[tuple[str, str]]:
     symbolic = [g for g in all_golds if not g.strip().lstrip("-").isdigit()]
     seen: set[tuple[str, str]] = set()
-    items = []
+    items: list[tuple[str, str]] = []
     while len(items) < n:
         gold = rng.choice(symbolic)
         # Half are the gold in another form (a real equivalence check), half another answer.

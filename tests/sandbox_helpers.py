@@ -16,7 +16,8 @@ from simpletir.plugins.tools.python_sandbox.config import SandboxConfig
 from simpletir.plugins.tools.python_sandbox.pool import SandboxPool
 
 T = TypeVar("T")
-LIGHT = {"preload": ["math"], "warmup": False}  # fast-starting workers for hostile snippets
+# Fast-starting workers for hostile snippets; one lane, so `workers` is the number of jails.
+LIGHT = {"preload": ["math"], "warmup": False, "light_workers": 0}
 
 
 class LoopRunner:

@@ -23,7 +23,7 @@ def _load(
     pm = make_plugin_manager()
     spec = pm.registry().benchmark(name)
     config = ExperimentConfig(plugin_config=plugin_config or {})
-    return pm.build("benchmark", spec.name, config).load(data_dir, **kw)  # type: ignore[no-any-return]
+    return pm.build("benchmark", spec.name, config).load(data_dir, **kw)
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,14 @@ def test_hub_path_on_a_local_file(tmp_path: Path) -> None:
     options = {"aime24": {"source": "hub", "hub_dataset": str(path)}}
     problems = _load("aime24", None, options)
     assert [(p.question, p.ground_truth) for p in problems] == [("What is 3*3?", "9"), ("What is 2^5?", "32")]
+
+
+def test_hub_path_reads_simpletir_schema_rows(shared_data_dir: Path) -> None:
+    """Hub rows already in SimpleTIR's schema are read exactly as the local parquet file is."""
+    pytest.importorskip("datasets", reason="the `datasets` package is not installed (optional)")
+    path = shared_data_dir / "deepscaler" / "aime25.parquet"
+    via_hub = _load("aime25", None, {"aime25": {"source": "hub", "hub_dataset": str(path)}})
+    local = _load("aime25", shared_data_dir)
+    assert [(p.id, p.question, p.ground_truth) for p in via_hub] == [
+        (p.id, p.question, p.ground_truth) for p in local
+    ]

@@ -28,7 +28,13 @@ from simpletir.testing import make_trajectory
 
 
 def eval_config(tmp_path: Path, data_dir: Path | None, **top: Any) -> ExperimentConfig:
-    rollout = {"engine": "hf", "progress": False, "val_temperature": 0.7, "val_top_p": 0.9, "val_top_k": 50}
+    rollout: dict[str, Any] = {
+        "engine": "hf",
+        "progress": False,
+        "val_temperature": 0.7,
+        "val_top_p": 0.9,
+        "val_top_k": 50,
+    }
     rollout.update(top.pop("rollout", {}))
     values: dict[str, Any] = {
         "experiment_name": "evaltest",
@@ -300,3 +306,41 @@ def test_arith_scores_when_the_real_sandbox_gives_the_answer(tmp_path: Path, qwe
     assert f"\\boxed{{{problem.ground_truth}}}" in line["turns"][0]["observation"]
     assert (line["answer"], line["reason"], line["score"]) == (problem.ground_truth, "correct", 1.0)
     assert result["pass@1"] == 1.0 and result["tool_usage_rate"] == 1.0 and result["code_success_rate"] == 1.0
+
+
+def test_tools_and_reward_are_closed_when_the_engine_fails_to_load(tmp_path: Path) -> None:
+    from simpletir.core.errors import ModelNotFoundError
+    from simpletir.core.rollout.testing import ScriptedTool
+    from simpletir.core.specs import ToolSpec
+
+    closed: list[str] = []
+
+    class RecordingTool(ScriptedTool):
+        async def aclose(self) -> None:
+            closed.append("tool")
+
+    class RecordingReward(ExplodingReward):
+        def close(self) -> None:
+            closed.append("reward")
+
+    class Plugin:
+        @hookimpl
+        def register_tools(self) -> list[ToolSpec]:
+            return [ToolSpec(name="recording", factory=lambda options, experiment: RecordingTool())]
+
+        @hookimpl
+        def register_rewards(self) -> list[RewardSpec]:
+            return [RewardSpec(name="recording", factory=lambda options, experiment: RecordingReward())]
+
+    config = eval_config(
+        tmp_path,
+        None,
+        valid_dataset="arith",
+        tool_use=True,
+        tools=["recording"],
+        reward="recording",
+        model_name=str(tmp_path / "no-such-model"),
+    )
+    with pytest.raises(ModelNotFoundError):
+        run_evaluation(config, make_plugin_manager(plugins=[("recording", Plugin())]))
+    assert sorted(closed) == ["reward", "tool"]

@@ -80,6 +80,17 @@ def test_preloaded_packages_are_fast_and_usable(runner: LoopRunner, pool: Sandbo
     assert r.duration_ms < 300  # importing sympy cold takes well over a second here
 
 
+def test_snippets_without_heavy_modules_run_on_light_workers(runner: LoopRunner, pool: SandboxPool) -> None:
+    # The probe spells the names in pieces so that it does not itself name a heavy module.
+    probe = "import sys\nprint(sorted(m for m in ('num' + 'py', 'sym' + 'py') if m in sys.modules))"
+    assert pool.route("print(1)") == "light" and pool.route("import numpy") == "full"
+    assert ex(runner, pool, probe).stdout == "[]\n"  # light worker: nothing heavy loaded
+    r = ex(runner, pool, probe + "\n# sympy")  # naming sympy routes to a full worker
+    assert r.stdout == "['numpy', 'sympy']\n"
+    r = ex(runner, pool, "mod = __import__('sym' + 'py')\nprint(mod.Integer(2) + 1)", timeout_s=30)
+    assert r.stdout == "3\n"  # a hidden import still works on a light worker, only slower
+
+
 def test_random_state_differs_between_snippets(runner: LoopRunner, pool: SandboxPool) -> None:
     code = "import random, numpy as np\nprint(random.random(), np.random.rand())"
     outs = {ex(runner, pool, code).stdout for _ in range(4)}

@@ -286,6 +286,7 @@ def run_evaluation(
     benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
     closers: list[tuple[str, Any]] = []
     owned_tools: list[Tool] = []
+    rollout_started = False
     try:
         if reward is None:
             reward = pm.build("reward", config.reward, config)
@@ -295,9 +296,6 @@ def run_evaluation(
             warm_up()  # verification workers load sympy while the model loads
         if tools is None:
             tools = owned_tools = _build_tools(config, pm)
-            # Closed after the rollout inside its event loop; this is the backstop for a failure
-            # before the rollout starts (aclose is idempotent).
-            closers.extend((f"tool {tool.name!r}", tool.aclose) for tool in tools)
         if engine is None:
             from simpletir.core.rollout import build_engine
 
@@ -308,12 +306,15 @@ def run_evaluation(
         runner = RolloutRunner(engine, tools, config)
         problems = [p for ps in benchmarks.values() for p in ps]
         t0 = time.monotonic()
+        rollout_started = True  # from here on, _rollout closes the tools inside its event loop
         groups = asyncio.run(_rollout(runner, problems, config.n_val, owned_tools))
         rollout_s = time.monotonic() - t0
         t0 = time.monotonic()
         groups = score_groups(groups, reward, progress=config.rollout.progress)
         reward_s = time.monotonic() - t0
     finally:
+        if not rollout_started:  # failed before the rollout: the tools were never used in a loop
+            closers = [(f"tool {t.name!r}", t.aclose) for t in owned_tools] + closers
         _close_all(closers)
 
     # The runner returns groups in problem order, so positions map them back to benchmarks.

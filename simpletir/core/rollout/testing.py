@@ -205,12 +205,14 @@ def train_scripted_model(
 
 
 # A scripted tool-integrated conversation: two code turns, then an answer. ``train_scripted_model``
-# teaches it to tiny-qwen2 so real engines can run real multi-turn rollouts on CPU.
+# teaches it to tiny-qwen2 so real engines can run real multi-turn rollouts on CPU. The
+# observations are exactly what the python sandbox tool (and ScriptedTool) append for the
+# printed "42\n" and "True\n".
 TIR_SCRIPT: tuple[str, ...] = (
     "Let me compute this with Python.\n```python\nprint(6 * 7)\n```\n",
-    "\nCode execution result: 42\n",
+    "\nCode execution result: 42\n\n",
     "Now check it.\n```python\nprint(42 == 6 * 7)\n```\n",
-    "\nCode execution result: True\n",
+    "\nCode execution result: True\n\n",
     "The answer is \\boxed{42}.<|im_end|>",
 )
 TIR_QUESTION = "What is 6 times 7?"
@@ -218,7 +220,7 @@ TIR_QUESTION = "What is 6 times 7?"
 
 def tir_respond(code: str) -> ToolResult:
     """What Python prints for the two snippets of :data:`TIR_SCRIPT` (no code is executed)."""
-    answers = {"print(6 * 7)": "42", "print(42 == 6 * 7)": "True"}
+    answers = {"print(6 * 7)": "42\n", "print(42 == 6 * 7)": "True\n"}
     return ToolResult(stdout=answers.get(code.strip(), ""), exit_code=0 if code.strip() in answers else 1)
 
 

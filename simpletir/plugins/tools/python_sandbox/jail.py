@@ -55,12 +55,15 @@ def worker_source() -> str:
     return (Path(__file__).parent / "worker.py").read_text()
 
 
-def worker_settings(cfg: SandboxConfig, *, scratch: str, sys_path: list[str], jailed: bool) -> str:
+def worker_settings(
+    cfg: SandboxConfig, *, scratch: str, sys_path: list[str], jailed: bool, light: bool = False
+) -> str:
     """The JSON the worker reads from its argv (everything it needs to know, nothing secret)."""
     return json.dumps(
         {
-            "preload": list(cfg.preload),
-            "warmup": cfg.warmup,
+            "preload": list(cfg.light_preload if light else cfg.preload),
+            "warmup": cfg.warmup and not light,
+            "prefault": cfg.prefault and not light,
             "sys_path": sys_path,
             "scratch": scratch,
             "scratch_dirs": [scratch, SHM] if jailed else [scratch],
@@ -119,8 +122,11 @@ def nsjail_args(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid: i
     return args
 
 
-def worker_command(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid: int) -> list[str]:
-    settings = worker_settings(cfg, scratch=SCRATCH, sys_path=[JAIL_SITE] if package_dir else [], jailed=True)
+def worker_command(
+    cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid: int, *, light: bool = False
+) -> list[str]:
+    sys_path = [JAIL_SITE] if package_dir else []
+    settings = worker_settings(cfg, scratch=SCRATCH, sys_path=sys_path, jailed=True, light=light)
     return [
         *nsjail_args(cfg, nsjail, package_dir, uid),
         "--",
@@ -134,11 +140,12 @@ def worker_command(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid
     ]
 
 
-def unsafe_local_command(cfg: SandboxConfig, package_dir: str | None, scratch: str) -> list[str]:
+def unsafe_local_command(
+    cfg: SandboxConfig, package_dir: str | None, scratch: str, *, light: bool = False
+) -> list[str]:
     """The same worker, with NO jail: no namespaces, no uid change, no private /tmp."""
-    settings = worker_settings(
-        cfg, scratch=scratch, sys_path=[package_dir] if package_dir else [], jailed=False
-    )
+    sys_path = [package_dir] if package_dir else []
+    settings = worker_settings(cfg, scratch=scratch, sys_path=sys_path, jailed=False, light=light)
     return [cfg.python, "-E", "-s", "-B", "-c", worker_source(), settings]
 
 

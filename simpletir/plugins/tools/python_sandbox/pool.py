@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import struct
 import sys
@@ -47,8 +48,11 @@ class WorkerLost(Exception):
 class Worker:
     """One jailed interpreter and its pipes."""
 
-    def __init__(self, cfg: SandboxConfig, command: list[str], uid: int | None, scratch: str | None) -> None:
+    def __init__(
+        self, cfg: SandboxConfig, command: list[str], uid: int | None, scratch: str | None, lane: str
+    ) -> None:
         self.cfg = cfg
+        self.lane = lane  # "full" (preload) or "light" (light_preload)
         self.command = command
         self.uid = uid
         self.scratch = scratch  # unsafe_local only: the host folder the worker uses as /tmp
@@ -215,7 +219,12 @@ class SandboxPool:
         self._pids: set[int] = set()
         self._finalizer = weakref.finalize(self, _kill_all, self._pids)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: asyncio.Queue[Worker | None] | None = None
+        self._idle: dict[str, asyncio.Queue[Worker | None]] = {}
+        lanes = {"full": self.cfg.workers, "light": self.cfg.light_workers}
+        self._lanes = {lane: n for lane, n in lanes.items() if n > 0}
+        # A snippet that names none of these modules runs on a light worker (when there are any).
+        names = "|".join(re.escape(m) for m in self.cfg.heavy_modules)
+        self._heavy = re.compile(rf"\b(?:{names})\b") if names else None
         self._admission: asyncio.Semaphore | None = None
         self._workers: set[Worker] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -248,17 +257,16 @@ class SandboxPool:
             else:
                 self._nsjail = provision.find_nsjail(self.cfg)
             self._package_dir = await asyncio.to_thread(provision.package_dir, self.cfg)
-            workers = [self._new_worker() for _ in range(self.cfg.workers)]
+            workers = [self._new_worker(lane) for lane, n in self._lanes.items() for _ in range(n)]
             results = await asyncio.gather(*(w.start(self._pids) for w in workers), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 for w in workers:
                     await w.close(self._pids)
                 raise errors[0]
-            assert self._idle is not None
             for w in workers:
                 self._workers.add(w)
-                self._idle.put_nowait(w)
+                self._idle[w.lane].put_nowait(w)
             self._started = True
 
     def _bind_loop(self) -> None:
@@ -273,23 +281,22 @@ class SandboxPool:
             self._workers.clear()
             self._tasks.clear()
         self._loop = loop
-        self._idle = asyncio.Queue()
+        self._idle = {lane: asyncio.Queue() for lane in self._lanes}
         self._admission = asyncio.Semaphore(self.cfg.max_queue)
         self._start_lock = asyncio.Lock()
         self._started = False
         self._broken = None
 
-    def _new_worker(self) -> Worker:
+    def _new_worker(self, lane: str) -> Worker:
+        light = lane == "light"
         if self.cfg.backend == "unsafe_local":
             scratch = tempfile.mkdtemp(prefix="simpletir-unsafe-")
-            return Worker(
-                self.cfg, jail.unsafe_local_command(self.cfg, self._package_dir, scratch), None, scratch
-            )
+            cmd = jail.unsafe_local_command(self.cfg, self._package_dir, scratch, light=light)
+            return Worker(self.cfg, cmd, None, scratch, lane)
         assert self._nsjail is not None
         uid = jail.next_uid(self.cfg)
-        return Worker(
-            self.cfg, jail.worker_command(self.cfg, self._nsjail, self._package_dir, uid), uid, None
-        )
+        cmd = jail.worker_command(self.cfg, self._nsjail, self._package_dir, uid, light=light)
+        return Worker(self.cfg, cmd, uid, None, lane)
 
     async def aclose(self) -> None:
         """Stop every worker and wait for them. Idempotent."""
@@ -300,8 +307,8 @@ class SandboxPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await asyncio.gather(*(w.close(self._pids) for w in list(self._workers)), return_exceptions=True)
             self._workers.clear()
-            if self._idle is not None:
-                self._idle.put_nowait(None)  # wake anyone still waiting: they will see _closed
+            for queue in self._idle.values():
+                queue.put_nowait(None)  # wake anyone still waiting: they will see _closed
         _kill_all(self._pids)
         for worker in self._workers:  # only left when closed from another event loop
             worker.abandon()
@@ -324,7 +331,7 @@ class SandboxPool:
             await self.start()
         assert self._admission is not None
         async with self._admission:
-            worker = await self._acquire()
+            worker = await self._acquire(self.route(code))
             request = {
                 "code": code,
                 "timeout_s": timeout,
@@ -346,16 +353,23 @@ class SandboxPool:
             except BaseException:
                 self._replace(worker)
                 raise
-            assert self._idle is not None
-            self._idle.put_nowait(worker)
+            self._idle[worker.lane].put_nowait(worker)
         return _to_result(header, payload)
+
+    def route(self, code: str) -> str:
+        """``light`` when the snippet names no heavy module and light workers exist."""
+        if "light" not in self._lanes:
+            return "full"
+        if "full" not in self._lanes or self._heavy is None or not self._heavy.search(code):
+            return "light"
+        return "full"
 
     async def execute_many(
         self, codes: Sequence[str], *, timeout_s: float | None = None
     ) -> AsyncIterator[tuple[int, ToolResult]]:
         """Yield ``(index, result)`` as snippets finish; at most ``workers * 2`` in flight, so a
         long list never becomes a long list of tasks. Closing the iterator cancels the rest."""
-        window = max(1, self.cfg.workers * 2)
+        window = max(1, (self.cfg.workers + self.cfg.light_workers) * 2)
         pending: set[asyncio.Task[tuple[int, ToolResult]]] = set()
         items = iter(enumerate(codes))
 
@@ -380,17 +394,17 @@ class SandboxPool:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _acquire(self) -> Worker:
-        assert self._idle is not None
+    async def _acquire(self, lane: str) -> Worker:
+        queue = self._idle[lane]
         while True:
             if self._closed:
                 raise RuntimeError("sandbox pool is closed")
             if self._broken is not None:
                 raise SandboxUnavailableError(f"sandbox workers cannot be replaced: {self._broken}")
-            worker = await self._idle.get()
+            worker = await queue.get()
             if worker is not None:
                 return worker
-            self._idle.put_nowait(None)  # a wake-up: pass it on to the next waiter
+            queue.put_nowait(None)  # a wake-up: pass it on to the next waiter
 
     def _replace(self, worker: Worker) -> None:
         """Kill a worker that may be busy or wedged and start another in the background."""
@@ -407,7 +421,7 @@ class SandboxPool:
         for attempt in range(_REPLACE_ATTEMPTS):
             if self._closed:
                 return
-            worker = self._new_worker()
+            worker = self._new_worker(old.lane)
             try:
                 await worker.start(self._pids)
             except Exception as exc:
@@ -419,12 +433,11 @@ class SandboxPool:
                 await worker.close(self._pids)
                 return
             self._workers.add(worker)
-            assert self._idle is not None
-            self._idle.put_nowait(worker)
+            self._idle[worker.lane].put_nowait(worker)
             return
         self._broken = last
-        assert self._idle is not None
-        self._idle.put_nowait(None)
+        for queue in self._idle.values():
+            queue.put_nowait(None)
 
 
 def _decode(data: bytes) -> str:
