@@ -69,15 +69,48 @@ def processes(uids: set[int]) -> list[Proc]:
     return found
 
 
+def still_alive(pids: list[int]) -> list[int]:
+    """The pids of ``pids`` that still exist and are not zombies."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    alive.append(pid)
+        except (OSError, IndexError):
+            pass
+    return alive
+
+
+def jail_processes(pool: SandboxPool) -> list[Proc]:
+    """Live processes inside the pool's jails: every descendant of each worker's nsjail.
+
+    Orphans and setsid daemons are re-parented to the jail's PID 1, so they stay in this tree."""
+    found: list[Proc] = []
+    stack = [pid for w in pool._workers for pid in w.jail_pids]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                stack.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+        state = fields["State"].split()[0]
+        if state not in ("Z", "X"):
+            found.append(Proc(pid, int(fields["Uid"].split()[0]), fields["Name"].strip(), state))
+    return found
+
+
 def assert_only_idle_workers(pool: SandboxPool, timeout: float = 5.0) -> None:
     """Every jail holds its server and one unused spare child, and nothing else.
 
     The server answers before it clears the namespace, so this polls for a short while."""
-    uids = set(pool.worker_uids)
-    expected = sorted(["sbx-server", "sbx-spare"] * len(uids))
+    expected = sorted(["sbx-server", "sbx-spare"] * len(pool._workers))
     deadline = time.monotonic() + timeout
     while True:
-        procs = processes(uids)
+        procs = jail_processes(pool)
         if sorted(p.name for p in procs) == expected:
             return
         if time.monotonic() > deadline:

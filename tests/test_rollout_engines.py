@@ -87,7 +87,9 @@ def test_seeded_sampling_and_top_k(engine):
     assert a == b and a.token_ids != c.token_ids
     greedy = gen(engine, PROMPT, max_tokens=10, temperature=0)
     assert gen(engine, PROMPT, max_tokens=10, temperature=1.0, top_k=1, seed=3).token_ids == greedy.token_ids
-    assert gen(engine, PROMPT, max_tokens=10, temperature=1.0, top_p=1e-6, seed=3).token_ids == greedy.token_ids
+    assert (
+        gen(engine, PROMPT, max_tokens=10, temperature=1.0, top_p=1e-6, seed=3).token_ids == greedy.token_ids
+    )
 
 
 def test_eos_and_ignore_eos(engine):
@@ -121,7 +123,7 @@ def test_build_engine_hf_from_a_local_folder(tiny_dir):
 
 def test_resolver_errors(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelNotFoundError, match="without config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"without config\.json"):
         resolve_model(str(tmp_path / "empty"))
     with pytest.raises(ModelNotFoundError, match="no such folder"):
         resolve_model(str(tmp_path / "missing"))
@@ -129,7 +131,7 @@ def test_resolver_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelNotFoundError, match=r"HF_HUB_OFFLINE=1.*did you mean 'tiny-qwen2'"):
         resolve_model("tiny-qwen")
-    with pytest.raises(ModelNotFoundError, match="Qwen/Qwen2.5-0.5B"):
+    with pytest.raises(ModelNotFoundError, match=r"Qwen/Qwen2\.5-0\.5B"):
         resolve_model("Qwen/Qwen2.5-0.5B")
 
 

@@ -132,9 +132,7 @@ def test_void_turn_flagged(tok):
 
 
 def test_void_after_a_tool_turn(tok):
-    engine = ScriptedEngine(
-        tok, ["```python\nprint(1)\n```\n", "Hmm.<|im_end|>"], eos_token_ids=[IM_END]
-    )
+    engine = ScriptedEngine(tok, ["```python\nprint(1)\n```\n", "Hmm.<|im_end|>"], eos_token_ids=[IM_END])
     traj = run_one(engine, [ScriptedTool()], cfg())
     assert [t.is_void for t in traj.turns] == [False, True]
     assert traj.finish_reason is FinishReason.VOID_TURN
@@ -238,7 +236,9 @@ def test_prompt_too_long_is_not_cut(tok):
 
 def test_sampling_params_val_vs_train_and_seeds(tok):
     def go(training: bool, seed: int = 0):
-        engine = ScriptedEngine(tok, ["```python\nprint(1)\n```\n", "\\boxed{1}<|im_end|>"], eos_token_ids=[IM_END])
+        engine = ScriptedEngine(
+            tok, ["```python\nprint(1)\n```\n", "\\boxed{1}<|im_end|>"], eos_token_ids=[IM_END]
+        )
         config = cfg(seed=seed, rollout={"temperature": 0.9, "top_p": 0.8, "top_k": 50})
         RolloutRunner(engine, [ScriptedTool()], config).run([PROBLEM], n=2, training=training)
         return [r.params for r in engine.requests]
@@ -253,7 +253,9 @@ def test_sampling_params_val_vs_train_and_seeds(tok):
 
 
 def test_n_samples_and_groups(tok):
-    engine = ScriptedEngine(tok, ["```python\nprint(1)\n```\n", "\\boxed{1}<|im_end|>"], eos_token_ids=[IM_END])
+    engine = ScriptedEngine(
+        tok, ["```python\nprint(1)\n```\n", "\\boxed{1}<|im_end|>"], eos_token_ids=[IM_END]
+    )
     problems = [PROBLEM, dataclasses.replace(PROBLEM, id="p1")]
     groups = RolloutRunner(engine, [ScriptedTool()], cfg()).run(problems, n=3)
     assert [g.problem.id for g in groups] == ["p0", "p1"]
@@ -266,7 +268,9 @@ def test_chat_template_on_and_off(tok):
     template = "Q: {question}\nA (use {{braces}}):"
     engine = ScriptedEngine(tok, ["x<|im_end|>"], eos_token_ids=[IM_END])
     on = RolloutRunner(engine, [ScriptedTool()], cfg(rollout={"prompt_template": template}))
-    off = RolloutRunner(engine, [ScriptedTool()], cfg(rollout={"prompt_template": template, "chat_template": False}))
+    off = RolloutRunner(
+        engine, [ScriptedTool()], cfg(rollout={"prompt_template": template, "chat_template": False})
+    )
     content = "Q: What is 1+1?\nA (use {braces}):"
     msgs = [{"role": "user", "content": content}]
     expected = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)

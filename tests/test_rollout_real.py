@@ -43,7 +43,9 @@ def tir_model():
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-qwen2"))
-    prompt_ids, _ = RolloutRunner(ScriptedEngine(tokenizer, []), [ScriptedTool()], config).build_prompt(PROBLEM)
+    prompt_ids, _ = RolloutRunner(ScriptedEngine(tokenizer, []), [ScriptedTool()], config).build_prompt(
+        PROBLEM
+    )
     model_dir = scripted_tir_model([prompt_ids])
     return model_dir, tokenizer, prompt_ids
 
@@ -142,4 +144,6 @@ def test_vllm_update_weights_matches_transformers(tir_model, vllm_engine):
         vllm_engine.update_weights(original)
     again = asyncio.run(vllm_engine.generate(prompt_ids, params))
     first = TIR_SCRIPT[0]
-    assert hf.tokenizer.decode(list(again.token_ids)) == first[: len(hf.tokenizer.decode(list(again.token_ids)))]
+    assert (
+        hf.tokenizer.decode(list(again.token_ids)) == first[: len(hf.tokenizer.decode(list(again.token_ids)))]
+    )

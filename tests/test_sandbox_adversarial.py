@@ -3,12 +3,21 @@ process of the run may survive it (checked in the host's process table)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import LIGHT, LoopRunner, assert_only_idle_workers, processes, start_pool
+from sandbox_helpers import (
+    LIGHT,
+    LoopRunner,
+    assert_only_idle_workers,
+    jail_processes,
+    processes,
+    start_pool,
+    still_alive,
+)
 
 from simpletir.core.types import ToolResult
 from simpletir.plugins.tools.python_sandbox.pool import SandboxPool
@@ -26,10 +35,10 @@ def runner() -> Iterator[LoopRunner]:
 @pytest.fixture(scope="module")
 def pool(runner: LoopRunner) -> Iterator[SandboxPool]:
     p = start_pool(runner, workers=1, timeout_s=1.5, max_output_bytes=4 * 1024 * 1024, **LIGHT)
-    uids = set(p.worker_uids)
     yield p
+    pids = [proc.pid for proc in jail_processes(p)]
     runner.run(p.aclose())
-    assert processes(uids) == [], "processes of the jails outlived aclose()"
+    assert pids and still_alive(pids) == [], "processes of the jails outlived aclose()"
 
 
 def run(runner: LoopRunner, pool: SandboxPool, code: str, **kw: float) -> ToolResult:
@@ -103,7 +112,8 @@ def test_fd_bomb(runner: LoopRunner, pool: SandboxPool) -> None:
 def test_memory_bomb(runner: LoopRunner, pool: SandboxPool) -> None:
     r = run(runner, pool, "x = bytearray(4 * 1024**3)")
     assert r.killed_by == "memory" and "MemoryError" in r.stderr, r
-    r = run(runner, pool, "xs = []\nwhile True: xs.append(bytearray(50 * 1024**2))")
+    # Zero-filling ~1 GiB takes a while on loaded cores: give it time to hit the limit.
+    r = run(runner, pool, "xs = []\nwhile True: xs.append(bytearray(50 * 1024**2))", timeout_s=15.0)
     assert r.killed_by == "memory", r
 
 
@@ -254,3 +264,35 @@ def test_jail_runs_as_its_own_unprivileged_uid(runner: LoopRunner, pool: Sandbox
     r = run(runner, pool, "import os; print(os.getuid(), os.getpid() > 1)")
     assert r.stdout == "65534 True\n"
     assert all(uid >= 1000 for uid in pool.worker_uids)
+    # Everything running under the jail's host uid is the jail's own server and spare.
+    assert sorted(p.name for p in processes(set(pool.worker_uids))) == ["sbx-server", "sbx-spare"]
+
+
+def test_mixed_hostile_and_benign_burst_never_deadlocks(runner: LoopRunner) -> None:
+    burst = start_pool(runner, workers=2, timeout_s=1.0, **LIGHT)
+    hostile = [
+        "while True: pass",
+        "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+        "import os, time\nif os.fork() == 0:\n    os.setsid(); time.sleep(100)\nprint('left a daemon')",
+        "import sys\nwhile True: sys.stdout.write('z' * 65536)",
+        "import ctypes\nctypes.string_at(0)",
+    ]
+    codes = [hostile[i % len(hostile)] if i % 3 == 0 else f"print({i} * 2)" for i in range(40)]
+    try:
+
+        async def all_of_them() -> list[ToolResult]:
+            # Hostile ones get 1 s; benign ones more, since CPU is shared between jails (a
+            # sibling's fork bomb may starve them for a while on loaded cores).
+            return list(
+                await asyncio.gather(
+                    *(burst.execute(c, timeout_s=10.0 if c.startswith("print(") else 1.0) for c in codes)
+                )
+            )
+
+        results = runner.run(all_of_them(), timeout=120)
+        for i, (code, r) in enumerate(zip(codes, results, strict=True)):
+            if code.startswith("print("):
+                assert r.stdout == f"{i * 2}\n", (i, r)
+        assert_only_idle_workers(burst)
+    finally:
+        runner.run(burst.aclose())

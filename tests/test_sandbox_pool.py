@@ -12,7 +12,14 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from sandbox_helpers import LIGHT, LoopRunner, assert_only_idle_workers, processes, start_pool
+from sandbox_helpers import (
+    LIGHT,
+    LoopRunner,
+    assert_only_idle_workers,
+    jail_processes,
+    start_pool,
+    still_alive,
+)
 
 from simpletir.core.errors import SandboxUnavailableError
 from simpletir.core.types import ToolCall
@@ -148,12 +155,12 @@ def test_wedged_worker_is_killed_and_replaced(runner: LoopRunner) -> None:
     p = start_pool(runner, workers=1, host_grace_s=0.5, **LIGHT)
     try:
         (worker,) = p._workers
-        old_uids = set(p.worker_uids)
+        old_pids = [proc.pid for proc in jail_processes(p)]
         os.kill(worker.jail_pids[0], signal.SIGSTOP)  # the host can stop the jail's PID 1
         r = ex(runner, p, "print(1)", timeout_s=0.5)
         assert r.timed_out and "did not answer" in r.stderr, r
         assert ex(runner, p, "print('fresh')").stdout == "fresh\n"
-        assert p.replaced == 1 and processes(old_uids) == []
+        assert p.replaced == 1 and still_alive(old_pids) == []
     finally:
         runner.run(p.aclose())
 
@@ -185,11 +192,12 @@ def test_pool_that_cannot_replace_workers_fails_instead_of_hanging(runner: LoopR
 
 def test_aclose_is_idempotent_and_leaves_nothing(runner: LoopRunner) -> None:
     p = start_pool(runner, workers=2, **LIGHT)
-    uids = set(p.worker_uids)
-    assert len(processes(uids)) == 4  # two servers, two spares
+    assert_only_idle_workers(p)  # a fresh spare names itself a moment after its fork
+    procs = jail_processes(p)
+    assert sorted(proc.name for proc in procs) == ["sbx-server"] * 2 + ["sbx-spare"] * 2
     runner.run(p.aclose())
     runner.run(p.aclose())
-    assert processes(uids) == []
+    assert still_alive([proc.pid for proc in procs]) == []
     with pytest.raises(RuntimeError, match="closed"):
         ex(runner, p, "print(1)")
 
@@ -256,3 +264,42 @@ def test_cli_exec_prints_one_json_object() -> None:
     assert data["stdout"] == "hi\n" and data["exit_code"] == 4
     bad = subprocess.run([*cmd, "-o", "workers=zero"], input="", capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "plugin_config.python.workers='zero'" in bad.stderr
+
+
+def test_closing_run_many_early_cancels_the_rest(runner: LoopRunner) -> None:
+    p = start_pool(runner, workers=2, **LIGHT)
+    try:
+        codes = ["print('quick')"] + ["import time\ntime.sleep(20)"] * 5
+
+        async def first_then_close() -> tuple[int, str]:
+            agen = p.execute_many(codes)
+            index, result = await agen.__anext__()
+            await agen.aclose()
+            return index, result.stdout
+
+        assert runner.run(first_then_close()) == (0, "quick\n")
+        assert p.replaced >= 1  # the sleepers were cancelled and their workers replaced
+        assert ex(runner, p, "print('served')").stdout == "served\n"
+        assert_only_idle_workers(p)
+    finally:
+        runner.run(p.aclose())
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_all_three_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    from simpletir.plugins.tools.python_sandbox.cli import main
+
+    if main(["bench", "--quick", "-o", "light_workers=1", "-o", "workers=1"]) == 2:
+        pytest.skip(capsys.readouterr().err)
+    out = capsys.readouterr().out
+    for row in ("bare python3 -c", "cold nsjail", "warm pool (1 full + 1 light workers)", "targets:"):
+        assert row in out, out
+
+
+def test_cache_folder_writable_by_others_is_refused(tmp_path: os.PathLike[str]) -> None:
+    cache = os.path.join(tmp_path, "cache")
+    os.mkdir(cache)
+    os.chmod(cache, 0o777)  # anyone could have planted packages or a worker here
+    p = SandboxPool(SandboxConfig(workers=1, cache_dir=cache, **LIGHT))  # type: ignore[arg-type]
+    with pytest.raises(SandboxUnavailableError, match="writable by others"):
+        asyncio.run(p.execute("print(1)"))

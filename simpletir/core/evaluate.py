@@ -27,12 +27,9 @@ hears about a validation pass exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +45,7 @@ from simpletir.core.data import (
     sample_problems,
 )
 from simpletir.core.errors import ConfigError, DataError
-from simpletir.core.fileio import atomic_write_json
+from simpletir.core.fileio import atomic_write_json, atomic_write_jsonl
 from simpletir.core.metrics import evaluation_metrics
 from simpletir.core.types import Problem, Trajectory, TrajectoryGroup
 
@@ -173,23 +170,6 @@ def generation_record(group: TrajectoryGroup, trajectory: Trajectory) -> dict[st
         "reason": reward.reason if reward else None,
         "reward_extra": dict(reward.extra) if reward else {},
     }
-
-
-def write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]]) -> Path:
-    """Stream records to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _fmt(value: Any, pct: bool = True) -> str:
@@ -355,7 +335,7 @@ def run_evaluation(
         logs = Path(config.logs_dir)
         run = config.run_name
         accuracy = atomic_write_json(logs / f"{run}_accuracy.json", result)
-        generations = write_jsonl_atomic(
+        generations = atomic_write_jsonl(
             logs / f"{run}_generations.jsonl",
             (generation_record(g, t) for gs in by_benchmark.values() for g in gs for t in g.trajectories),
         )

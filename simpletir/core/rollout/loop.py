@@ -15,10 +15,10 @@ tool runs; its observation is appended; the next turn starts), on EOS, or on a l
 
 How a trajectory ends (``finish_reason``), checked in this order after each turn:
 
+* ``length``: a length cap cut the turn (``truncated``; cause ``response_length`` or
+  ``context_window``), even if the cut turn holds an answer (it stays on the turn);
 * ``answer``: the turn holds a ``\\boxed{}`` answer (a complete call in it still runs; its
   output is recorded, not appended, as in SimpleTIR);
-* ``length``: a length cap cut the turn (``truncated``; cause ``response_length`` or
-  ``context_window``);
 * ``eos``: the model stopped after a complete call that no stop string caught (the code runs,
   its output is not appended), or, single-turn (``tool_use=False``), without an answer;
 * ``void_turn``: the model stopped with neither a complete call nor an answer (``is_void``);

@@ -158,9 +158,9 @@ def train_scripted_model(
     out_dir: str | Path,
     sequences: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
     *,
-    steps: int = 400,
+    max_steps: int = 500,
     lr: float = 1e-2,
-    target_loss: float = 0.02,
+    target_loss: float = 0.05,
     seed: int = 0,
 ) -> float:
     """Overfit a (tiny) model so that greedy decoding replays scripted multi-turn responses.
@@ -169,34 +169,54 @@ def train_scripted_model(
     turn...; loss is taken on the model turns only, exactly as the rollout assembles them. The
     result is a real model for real engines (vLLM, hf) that writes code blocks on cue, so a
     multi-turn rollout through a real tool can be tested on CPU. Returns the final loss.
+
+    Speed (seconds, not minutes, on 2 cores): the 151k-row vocabulary embedding is re-drawn with
+    unit scale (large logit margins) and frozen, and logits are computed only where there is a
+    label; only the small transformer body trains. Stops once every label is the argmax and
+    the loss is below ``target_loss``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    batch = []
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    embeddings = {
+        id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+    }
+    with torch.no_grad():
+        for weight in embeddings.values():
+            weight.normal_(0.0, 1.0)
+            weight.requires_grad_(False)
+    out_weight = model.get_output_embeddings().weight
+    rows = []
     for prompt_ids, pieces in sequences:
         ids, labels = list(prompt_ids), [-100] * len(prompt_ids)
         for i, piece in enumerate(pieces):
             ids += list(piece)
             labels += list(piece) if i % 2 == 0 else [-100] * len(piece)
-        batch.append((ids, labels))
-    width = max(len(ids) for ids, _ in batch)
-    pad = int(model.config.pad_token_id or 0)
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row, _ in batch])
-    target = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-    attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row, _ in batch])
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        # hidden state at position j predicts the id at j + 1
+        positions = [j - 1 for j, label in enumerate(labels) if label != -100 and j > 0]
+        rows.append(
+            (torch.tensor([ids]), torch.tensor(positions), torch.tensor([ids[j + 1] for j in positions]))
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr)
     model.train()
     loss = torch.tensor(float("inf"))
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=target).loss
+    for _ in range(max_steps):
+        total, correct, count = torch.zeros(()), 0, 0
+        for input_ids, where, targets in rows:
+            hidden = model.model(input_ids=input_ids).last_hidden_state[0, where]
+            logits = hidden @ out_weight.T
+            total = total + torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += len(targets)
+        loss = total / count
+        if correct == count and loss.item() < target_loss:
+            break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if loss.item() < target_loss:
-            break
     model.eval()
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)

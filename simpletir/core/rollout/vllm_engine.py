@@ -219,9 +219,20 @@ class VLLMEngine(PolicyEngine):
             return
         self._closed = True
         if self._llm is not None:
-            llm, self._llm = self._llm, None
-            self._loop.call_soon_threadsafe(llm.shutdown)
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
+            except Exception as exc:  # closing must not mask the error that led here
+                log.warning("vLLM engine shutdown failed: %r", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=60)
         if not self._thread.is_alive():
             self._loop.close()
+
+    async def _shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        llm.shutdown()
+        # AsyncLLM's output handler and socket tasks would otherwise die pending with the loop.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

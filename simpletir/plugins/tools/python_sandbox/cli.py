@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _exec(cfg: SandboxConfig, code: str, timeout: float | None) -> dict[str, Any]:
+    # One snippet needs one worker: start only the lane the pool would route it to.
+    light = SandboxPool(cfg).route(code) == "light"
+    preload = cfg.light_preload if light else cfg.preload
+    cfg = dataclasses.replace(
+        cfg, workers=1, light_workers=0, preload=list(preload), warmup=cfg.warmup and not light
+    )
     pool = SandboxPool(cfg)
     try:
         result = await pool.execute(code, timeout_s=timeout)
@@ -76,9 +83,7 @@ async def _exec(cfg: SandboxConfig, code: str, timeout: float | None) -> dict[st
 
 
 async def _setup(cfg: SandboxConfig) -> str:
-    import dataclasses
-
-    pool = SandboxPool(dataclasses.replace(cfg, workers=1))
+    pool = SandboxPool(dataclasses.replace(cfg, workers=1, light_workers=0))
     try:
         result = await pool.execute("import sys; print(sys.version.split()[0])")
     finally:
@@ -94,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = _config(args.option)
-        if cfg.workers > 1 and args.command == "exec":
-            cfg.workers = 1  # one snippet needs one worker; starting more only costs time
         if args.command == "exec":
             if args.file == "-":
                 code = sys.stdin.read()

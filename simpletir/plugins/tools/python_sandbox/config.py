@@ -46,9 +46,6 @@ class SandboxConfig:
     cache_dir: str = _f("/var/tmp/simpletir-sandbox", "where the package folder is provisioned")
     preload: list[str] = _f(DEFAULT_PRELOAD, "modules imported once per worker before forking")
     warmup: bool = _f(True, "exercise sympy once per worker so forked snippets skip its lazy setup")
-    prefault: bool = _f(
-        True, "idle spares run a few sympy/numpy operations so snippets pay fewer copy-on-write faults"
-    )
     light_workers: int = _f(
         2,
         "extra workers that preload only light_preload; snippets that never name a heavy module "

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .config import SandboxConfig
-from .provision import JAIL_SITE
+from .provision import JAIL_SITE, JAIL_WORKER, worker_file
 
 JAIL_UID = 65534
 SCRATCH = "/tmp"
@@ -47,12 +47,14 @@ _uid_counter = itertools.count()
 
 
 def next_uid(cfg: SandboxConfig) -> int:
-    """A host uid for a new worker, distinct from every other worker of this process."""
+    """A host uid for a new worker, distinct from every other worker of this process.
+
+    Only root may map the jail's uid to an arbitrary host uid; anyone else maps it to their own
+    uid. The process limit still holds per jail: since Linux 5.14 RLIMIT_NPROC is counted per
+    user namespace, and every jail has its own."""
+    if os.geteuid() != 0:
+        return os.getuid()
     return cfg.uid_base + (os.getpid() * 97 + next(_uid_counter)) % 60000
-
-
-def worker_source() -> str:
-    return (Path(__file__).parent / "worker.py").read_text()
 
 
 def worker_settings(
@@ -63,7 +65,6 @@ def worker_settings(
         {
             "preload": list(cfg.light_preload if light else cfg.preload),
             "warmup": cfg.warmup and not light,
-            "prefault": cfg.prefault and not light,
             "sys_path": sys_path,
             "scratch": scratch,
             "scratch_dirs": [scratch, SHM] if jailed else [scratch],
@@ -83,7 +84,7 @@ def nsjail_args(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid: i
         "--user",
         f"{JAIL_UID}:{uid}:1",
         "--group",
-        f"{JAIL_UID}:{uid}:1",
+        f"{JAIL_UID}:{uid if os.geteuid() == 0 else os.getgid()}:1",
         "--hostname",
         "sandbox",
         "--cwd",
@@ -129,13 +130,14 @@ def worker_command(
     settings = worker_settings(cfg, scratch=SCRATCH, sys_path=sys_path, jailed=True, light=light)
     return [
         *nsjail_args(cfg, nsjail, package_dir, uid),
+        "--bindmount_ro",
+        f"{worker_file(cfg)}:{JAIL_WORKER}",
         "--",
         cfg.python,
         "-E",
         "-s",
         "-B",
-        "-c",
-        worker_source(),
+        JAIL_WORKER,
         settings,
     ]
 
@@ -146,7 +148,8 @@ def unsafe_local_command(
     """The same worker, with NO jail: no namespaces, no uid change, no private /tmp."""
     sys_path = [package_dir] if package_dir else []
     settings = worker_settings(cfg, scratch=scratch, sys_path=sys_path, jailed=False, light=light)
-    return [cfg.python, "-E", "-s", "-B", "-c", worker_source(), settings]
+    worker = str(Path(__file__).parent / "worker.py")
+    return [cfg.python, "-E", "-s", "-B", worker, settings]
 
 
 def cold_command(cfg: SandboxConfig, nsjail: str, package_dir: str | None, uid: int, code: str) -> list[str]:

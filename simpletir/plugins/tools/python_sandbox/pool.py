@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -106,8 +107,6 @@ class Worker:
         return ""
 
     async def _read_frame(self) -> tuple[dict[str, Any], bytes]:
-        import json
-
         assert self.proc is not None and self.proc.stdout is not None
         try:
             raw = await self.proc.stdout.readexactly(LEN.size)
@@ -119,8 +118,6 @@ class Worker:
         return header, payload
 
     async def execute(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        import json
-
         assert self.proc is not None and self.proc.stdin is not None
         blob = json.dumps(request).encode()
         try:

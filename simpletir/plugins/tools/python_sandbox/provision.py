@@ -27,6 +27,7 @@ from simpletir.core.errors import SandboxUnavailableError
 from .config import SandboxConfig
 
 JAIL_SITE = "/opt/simpletir/site"
+JAIL_WORKER = "/opt/simpletir/worker.py"
 _LOCK = threading.Lock()
 _PYTHON_VERSIONS: dict[str, tuple[int, int]] = {}
 
@@ -126,6 +127,7 @@ def package_dir(cfg: SandboxConfig) -> str | None:
         return str(path.resolve())
     if not cfg.packages:
         return None
+    _own_cache(cfg)
     jail_version = python_version(cfg.python)
     if jail_version != sys.version_info[:2]:
         raise SandboxUnavailableError(
@@ -151,9 +153,7 @@ def _copy_packages(cfg: SandboxConfig, dest: Path, key: str) -> Path:
             f"plugin_config.python.cache_dir={cfg.cache_dir!r} lies under /root, which nsjail cannot "
             "bind-mount; use a folder such as /var/tmp/simpletir-sandbox"
         )
-    cache = Path(cfg.cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chmod(cache, 0o755)  # the jail's unprivileged uid must traverse it
+    cache = _own_cache(cfg)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
     try:
         for name in cfg.packages:
@@ -176,3 +176,36 @@ def _copy_packages(cfg: SandboxConfig, dest: Path, key: str) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def worker_file(cfg: SandboxConfig) -> str:
+    """A copy of worker.py outside /root (nsjail bind-mounts it read-only at JAIL_WORKER).
+
+    Named by its content hash, so an upgraded simpletir never runs a stale server."""
+    source = (Path(__file__).parent / "worker.py").read_bytes()
+    cache = _own_cache(cfg)
+    dest = cache / f"worker-{hashlib.sha256(source).hexdigest()[:16]}.py"
+    if not dest.exists() or dest.read_bytes() != source:
+        fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=cache)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(source)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def _own_cache(cfg: SandboxConfig) -> Path:
+    """The cache folder, created if needed, refused unless this user owns it alone.
+
+    It usually sits in world-writable /var/tmp: a folder someone else created first could hold
+    planted packages or a planted worker."""
+    cache = Path(cfg.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    info = cache.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise SandboxUnavailableError(
+            f"plugin_config.python.cache_dir={cfg.cache_dir!r} is owned by uid {info.st_uid} or "
+            "writable by others; remove it or choose a folder only this user can write"
+        )
+    os.chmod(cache, 0o755)  # the jail's unprivileged uid must traverse it
+    return cache

@@ -1,8 +1,9 @@
 # ruff: noqa: SIM105  (plain try/except: no contextlib frames in the forked hot path)
 """The server that runs *inside* one jail: a warm interpreter that forks a fresh child per snippet.
 
-This file is executed by the jail's own interpreter (``/usr/bin/python3 -E -s -B -c <source>``),
-so it imports nothing but the standard library and never imports simpletir.
+This file is executed by the jail's own interpreter (``/usr/bin/python3 -E -s -B worker.py``,
+bind-mounted read-only from a copy outside /root), so it imports nothing but the standard
+library and never imports simpletir.
 
 Why fork: a cold jailed ``python3`` costs ~11 ms more than a bare one and importing sympy costs
 300+ ms. The server imports the heavy modules once, then forks a child per snippet; the child
@@ -192,8 +193,6 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
     )
     sys.argv = ["<snippet>"]
     builtins.final_answer = final_answer  # type: ignore[attr-defined]
-    if cfg.get("prefault"):
-        prefault()
     raw = read_exact(3, LEN.size)
     body = read_exact(3, LEN.unpack(raw)[0]) if raw else None
     os.close(3)
@@ -224,37 +223,6 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
         except OSError:
             pass
     os._exit(code)
-
-
-def prefault():
-    """While idle, make private the pages a typical math snippet writes.
-
-    A forked child shares every page with the server; the first write to each (refcounts,
-    caches) costs a copy-on-write fault, ~5 ms per sympy snippet on this VM. Doing a few common
-    operations here pays most of them before the snippet arrives. Every step is the same in
-    every spare (same snapshot, same inputs), so no snippet sees another's state; the loop
-    stops as soon as a request is waiting, so a busy worker does not pay it twice."""
-    sympy = sys.modules.get("sympy")
-    numpy = sys.modules.get("numpy")
-    steps = []
-    if sympy is not None:
-        x, y = sympy.symbols("x y")
-        steps += [
-            lambda: sympy.Rational(3, 4) + sympy.Integer(2) ** 10,
-            lambda: sympy.expand((x + y + 1) ** 3),
-            lambda: sympy.solve(x**2 - 2 * x - 3, x),
-            lambda: sympy.simplify((x**2 - 1) / (x - 1)),
-            lambda: sympy.sqrt(12) + sympy.pi.evalf(20),
-        ]
-    if numpy is not None:
-        steps.append(lambda: numpy.linspace(0, 1, 11).sum())
-    for step in steps:
-        if select.select([3], [], [], 0)[0]:
-            return
-        try:
-            step()
-        except Exception:
-            return
 
 
 def exit_code_of(exc):
@@ -502,6 +470,9 @@ def main():
         _PRCTL[0](4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: no ptrace, no /proc/1/mem
     except (OSError, AttributeError):
         pass
+    # Snippets see the working folder first, as under `python3 -c`, not this file's folder.
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        sys.path[0] = ""
     for path in reversed(cfg.get("sys_path", [])):
         sys.path.insert(0, path)
     errors = preload(cfg)
