@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         turns: list[int] = []
 
         async def bench() -> None:
+            try:
+                await measure()
+            finally:
+                await tool.aclose()  # in the loop that started its workers
+
+        async def measure() -> None:
             # Warm-up: first requests pay for allocation and, with a real tool, worker start.
             groups, _, _ = await multi_turn(runner, problems[:1], 2)
             await single_turn(engine, [(list(groups[0].trajectories[0].prompt_ids), 8)], args.temperature, 0)
@@ -141,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(bench())
     finally:
-        asyncio.run(tool.aclose())
         engine.close()
     multi, single = statistics.median(multi_rates), statistics.median(single_rates)
     # Each repeat pairs the two sides back to back; the median of paired ratios resists the

@@ -96,7 +96,7 @@ class VLLMEngine(PolicyEngine):
                 gpu_memory_utilization = CPU_MAX_MEMORY_UTILIZATION
             enforce_eager = True
             dtype = "float32" if dtype == "auto" else dtype
-        # update_weights ships tensors and a function to the engine core process.
+        # update_weights sends a function (cloudpickled) to the engine-core process.
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         try:
             from transformers import AutoConfig, AutoTokenizer
