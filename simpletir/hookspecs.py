@@ -87,7 +87,8 @@ def configure(config: ExperimentConfig) -> None:
 def on_step_end(report: StepReport) -> None:
     """Called after every training step with its metrics (reward, filters, loss, timings).
 
-    Implementations must not mutate ``report``; loggers (wandb, custom dashboards) live here.
+    Implementations must not mutate ``report``. Custom dashboards live here; the built-in
+    loggers of ``trainer.loggers`` (console, jsonl, wandb) are called before any plugin.
     """
 
 

@@ -154,6 +154,7 @@ def test_run_dispatches_val_only_to_evaluation(
         "run",
         "quickstart_cpu",
         f"runs_dir={tmp_path}",
+        f"logs_dir={tmp_path / 'logs'}",
         f"data_dir={shared_data_dir}",
         "valid_dataset=deepscaler/aime",
         *NO_TOOLS,
@@ -171,6 +172,7 @@ def test_run_dispatches_val_only_to_evaluation(
         "run",
         "quickstart_cpu",
         f"runs_dir={tmp_path}",
+        f"logs_dir={tmp_path / 'logs'}",
         f"data_dir={shared_data_dir}",
         "valid_dataset=deepscaler/aime",
         *NO_TOOLS,
@@ -315,7 +317,7 @@ mod.run_evaluation = run_evaluation
 sys.modules["simpletir.core.evaluate"] = mod
 from simpletir.cli import main
 argv = ["run", "quickstart_cpu", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
-raise SystemExit(main([*argv, "runs_dir={tmp_path}"]))
+raise SystemExit(main([*argv, "runs_dir={tmp_path}", "logs_dir={tmp_path / "logs"}"]))
 """
     env = {
         **os.environ,

@@ -286,7 +286,14 @@ def test_run_calls_configure_validation_and_run_end(tmp_path: Path, monkeypatch:
     recorder = Recorder()
     pm = fake_pm(("recorder", recorder))
     config = load_config(
-        None, [*FAKE_OVERRIDES, "val_only=True", f"runs_dir={tmp_path}", "experiment_name=t"]
+        None,
+        [
+            *FAKE_OVERRIDES,
+            "val_only=True",
+            f"runs_dir={tmp_path}",
+            f"logs_dir={tmp_path}",
+            "experiment_name=t",
+        ],
     )
     result = run_experiment(config, pm)
     assert [name for name, _ in recorder.calls] == ["configure", "on_validation_end", "on_run_end"]
@@ -308,7 +315,10 @@ def test_configure_may_refuse_a_config_before_any_stage_runs(
                 raise ConfigError(f"refuser: max_turns {config.max_turns} is above 3")
 
     pm = fake_pm(("refuser", Refuser()))
-    config = load_config(None, [*FAKE_OVERRIDES, "val_only=True", f"runs_dir={tmp_path}", "max_turns=4"])
+    config = load_config(
+        None,
+        [*FAKE_OVERRIDES, "val_only=True", f"runs_dir={tmp_path}", f"logs_dir={tmp_path}", "max_turns=4"],
+    )
     with pytest.raises(ConfigError, match="refuser: max_turns 4 is above 3"):
         run_experiment(config, pm)
     assert seen == []

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.errors import ConfigError
-from simpletir.core.rollout import RolloutRunner, extract_boxed
+from simpletir.core.rollout import RolloutRunner
 from simpletir.core.rollout.models import qwen_tokenizer_dir
 from simpletir.core.rollout.testing import ScriptedEngine, ScriptedTool
 from simpletir.core.types import FinishReason, Message, Problem, ToolResult
@@ -307,11 +307,16 @@ def test_tools_overlap_generation(tok):
     assert wall < 1.8
 
 
-def test_extract_boxed():
-    assert extract_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
-    assert extract_boxed("\\boxed{1} then \\boxed{2}") == "2"
-    assert extract_boxed("\\boxed{3} then \\boxed{unclosed") == "3"
-    assert extract_boxed("no answer") is None
+def test_boxed_inside_code_is_a_call_not_an_answer(tok):
+    # The source of a print of \\boxed is code to run; only its output may answer. The loop and
+    # the reward share one extraction (simpletir.core.answers), so they agree on this.
+    code_turn = "Compute:\n```python\nprint(f'\\\\boxed{{{1+1}}}')\n```\n"
+    engine = ScriptedEngine(tok, [code_turn, "So \\boxed{2}<|im_end|>"], eos_token_ids=[IM_END])
+    tool = ScriptedTool(lambda c: ToolResult(stdout="\\boxed{2}\n"))
+    traj = run_one(engine, [tool], cfg())
+    t0, t1 = traj.turns
+    assert t0.final_answer is None and t0.ran_code and t0.obs_span is not None
+    assert t1.final_answer == "2" and traj.finish_reason is FinishReason.ANSWER
 
 
 def test_run_inside_event_loop_is_refused(tok):

@@ -85,7 +85,18 @@ class TrainerConfig:
     tensor_parallel_size: int = _f(1, "Megatron tensor parallel size")
     device: str = _f("auto", "auto, cpu or cuda")
     micro_batch_size: int = _f(4, "sequences per forward/backward")
-    loggers: list[str] = _f(["console", "jsonl"], "where step metrics go: console, jsonl, wandb")
+    loggers: list[str] = _f(
+        ["console", "jsonl"],
+        "where step metrics go: console (stderr and logs/<name>.log), jsonl (<run_dir>/metrics.jsonl), "
+        "wandb (needs simpletir[wandb])",
+    )
+    wandb_project: str = _f("simpletir", "wandb project (the run is named experiment_name)")
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = _f(
+        "auto", "wandb mode; auto = $WANDB_MODE if set, else online with an API key configured, else offline"
+    )
+    wandb_init_timeout_s: float = _f(
+        60.0, "seconds wandb may take to reach its server before the run logs offline instead"
+    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.errors import ConfigError, DataError, closest
+from simpletir.core.loggers import check_logger_names, check_wandb_installed
 from simpletir.core.specs import BenchmarkSpec, ComponentSpec, NoOptions
 
 if TYPE_CHECKING:
@@ -325,6 +326,11 @@ def check_ranges(config: ExperimentConfig) -> None:
         raise ConfigError("val_only is set but valid_dataset is empty")
     if not config.val_only and not config.train_datasets:
         raise ConfigError("train_dataset is empty (set val_only=True to only evaluate)")
+    if config.trainer.wandb_init_timeout_s <= 0:
+        raise ConfigError(
+            f"trainer.wandb_init_timeout_s must be positive, got {config.trainer.wandb_init_timeout_s}"
+        )
+    check_logger_names(config.trainer.loggers)
     template = config.rollout.prompt_template
     if "{question}" not in template:
         raise ConfigError("rollout.prompt_template must contain '{question}' where the problem goes")
@@ -377,10 +383,12 @@ def plugin_options(config: ExperimentConfig, spec: ComponentSpec) -> Any:
 
 
 def validate_config(config: ExperimentConfig, pm: SimpletirPluginManager, *, check_data: bool = True) -> None:
-    """Check every name the config chooses, every plugin's options, and the dataset files.
+    """Check every name the config chooses (loggers included), every plugin's options, and the dataset files.
 
     Cheap by design: runs before any model, engine or sandbox starts.
     """
+    check_logger_names(config.trainer.loggers)
+    check_wandb_installed(config.trainer.loggers)
     registry = pm.registry()
     chosen: list[ComponentSpec] = []
     if config.tool_use:

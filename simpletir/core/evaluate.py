@@ -9,10 +9,13 @@ max_turns=10 val_sample_size=500 output_acc_to_file=true`` reads top to bottom h
 2. build the reward, the tools (none when ``tool_use=false``) and the policy engine;
 3. sample ``n_val`` trajectories per problem with the *validation* sampling parameters
    (``rollout.val_temperature`` / ``val_top_p`` / ``val_top_k``, which the runner applies and
-   the accuracy file records);
-4. score every trajectory with ``reward.score_many`` (the scored text includes each tool's
-   output, so an answer printed by ``final_answer()`` counts even in a last turn whose output
-   was not appended for the model);
+   the accuracy file records). Each problem's group is appended to
+   ``<run_dir>/eval_journal.jsonl`` (fsynced) the moment its ``n_val`` samples are done; with
+   ``resume`` the groups already there are read back and only the others are rolled out
+   (:mod:`simpletir.core.eval_journal`; a journal of another configuration is refused);
+4. score every trajectory, journaled and new alike, with ``reward.score_many`` (the scored
+   text includes each tool's output, so an answer printed by ``final_answer()`` counts even in
+   a last turn whose output was not appended for the model);
 5. compute :mod:`simpletir.core.metrics` per benchmark and overall, print a summary table and,
    when ``output_acc_to_file``, write ``<logs_dir>/<run>_accuracy.json`` and
    ``<logs_dir>/<run>_generations.jsonl`` atomically. Without ``output_acc_to_file`` nothing
@@ -45,6 +48,7 @@ from simpletir.core.data import (
     sample_problems,
 )
 from simpletir.core.errors import ConfigError, DataError
+from simpletir.core.eval_journal import JOURNAL_FILE, EvalJournal, evaluation_fingerprint
 from simpletir.core.fileio import atomic_write_json, atomic_write_jsonl
 from simpletir.core.metrics import evaluation_metrics
 from simpletir.core.types import Problem, Trajectory, TrajectoryGroup
@@ -221,7 +225,7 @@ def _warn_close(what: str, exc: Exception) -> None:
 
 
 async def _rollout(
-    runner: Any, problems: list[Problem], n: int, owned_tools: Sequence[Tool]
+    runner: Any, problems: list[Problem], n: int, owned_tools: Sequence[Tool], on_group: Any
 ) -> list[TrajectoryGroup]:
     """The rollout, then the closing of the tools it used, in one event loop.
 
@@ -229,7 +233,7 @@ async def _rollout(
     they are torn down by the garbage collector later ("Event loop is closed").
     """
     try:
-        return await runner.arun(problems, n=n, training=False)
+        return await runner.arun(problems, n=n, training=False, on_group=on_group)
     finally:
         for tool in reversed(owned_tools):
             try:
@@ -249,6 +253,23 @@ def _close_all(closers: list[tuple[str, Any]]) -> None:
             _warn_close(what, exc)
 
 
+def _open_journal(config: ExperimentConfig, benchmarks: dict[str, list[Problem]]) -> EvalJournal | None:
+    """The run directory's journal (read when ``resume``), or None when there is no run directory."""
+    if config.run_dir is None:
+        return None
+    path = Path(config.run_dir) / JOURNAL_FILE
+    journal = EvalJournal.open(path, evaluation_fingerprint(config, benchmarks), resume=config.resume)
+    total = sum(len(ps) for ps in benchmarks.values())
+    if journal.done:
+        print(
+            f"simpletir: resuming the evaluation from {path}: {len(journal.done)} of {total} problem groups "
+            f"are done, rolling out {total - len(journal.done)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return journal
+
+
 def run_evaluation(
     config: ExperimentConfig,
     pm: SimpletirPluginManager,
@@ -264,9 +285,16 @@ def run_evaluation(
     """
     started = time.monotonic()
     benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
+    keyed = [(name, p) for name, ps in benchmarks.items() for p in ps]
     closers: list[tuple[str, Any]] = []
     owned_tools: list[Tool] = []
     rollout_started = False
+    journal = _open_journal(config, benchmarks)  # a journal of another configuration fails fast too
+    done: dict[tuple[str, str], TrajectoryGroup] = dict(journal.done) if journal else {}
+    todo = [(name, p) for name, p in keyed if (name, p.id) not in done]
+    if journal is not None:
+        closers.append(("journal", journal.close))
+    rollout_s = 0.0
     try:
         if reward is None:
             reward = pm.build("reward", config.reward, config)
@@ -274,21 +302,41 @@ def run_evaluation(
         warm_up = getattr(reward, "warm_up", None)
         if callable(warm_up):
             warm_up()  # verification workers load sympy while the model loads
-        if tools is None:
-            tools = owned_tools = _build_tools(config, pm)
-        if engine is None:
-            from simpletir.core.rollout import build_engine
+        if todo:  # nothing left to roll out (a finished run resumed): no engine, no tools
+            if tools is None:
+                tools = owned_tools = _build_tools(config, pm)
+            if engine is None:
+                from simpletir.core.rollout import build_engine
 
-            engine = build_engine(config)
-            closers.append(("engine", engine.close))
-        from simpletir.core.rollout import RolloutRunner
+                engine = build_engine(config)
+                closers.append(("engine", engine.close))
+            from simpletir.core.rollout import RolloutRunner
 
-        runner = RolloutRunner(engine, tools, config)
-        problems = [p for ps in benchmarks.values() for p in ps]
-        t0 = time.monotonic()
-        rollout_started = True  # from here on, _rollout closes the tools inside its event loop
-        groups = asyncio.run(_rollout(runner, problems, config.n_val, owned_tools))
-        rollout_s = time.monotonic() - t0
+            runner = RolloutRunner(engine, tools, config)
+            bar = tqdm(
+                total=len(keyed),
+                initial=len(done),
+                desc="problems" + (f" ({len(done)} resumed)" if done else ""),
+                unit="group",
+                disable=not config.rollout.progress,
+            )
+
+            def finished(i: int, group: TrajectoryGroup) -> None:
+                name = todo[i][0]
+                if journal is not None:
+                    journal.append(name, group)  # on disk (fsynced) before the rollout goes on
+                done[(name, group.problem.id)] = group
+                bar.update(1)
+
+            t0 = time.monotonic()
+            rollout_started = True  # from here on, _rollout closes the tools inside its event loop
+            try:
+                asyncio.run(_rollout(runner, [p for _, p in todo], config.n_val, owned_tools, finished))
+            finally:
+                bar.close()
+            rollout_s = time.monotonic() - t0
+        # Problem order, each group with the problem as loaded now (equal to the journal's).
+        groups = [TrajectoryGroup(p, done[(name, p.id)].trajectories) for name, p in keyed]
         t0 = time.monotonic()
         groups = score_groups(groups, reward, progress=config.rollout.progress)
         reward_s = time.monotonic() - t0
@@ -324,6 +372,7 @@ def run_evaluation(
             "top_k": r.val_top_k,
             "max_response_length": config.max_response_length,
         },
+        "resume": {"resumed_groups": len(keyed) - len(todo), "rolled_out_groups": len(todo)},
         "timings": {
             "rollout_s": rollout_s,
             "reward_s": reward_s,

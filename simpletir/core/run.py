@@ -7,16 +7,20 @@ missing stage is reported by name (:class:`StageUnavailableError`) instead of pr
 * training           -> :func:`simpletir.core.trainer.run_training` (on the roadmap, not built yet)
 
 The run directory (``<runs_dir>/<experiment_name>``) holds the resolved config, the plugin
-versions and the final metrics; every file is written atomically.
+versions and the final metrics; every file is written atomically. While the run goes, every
+step report reaches the loggers of ``trainer.loggers`` (:mod:`simpletir.core.loggers`: console,
+``metrics.jsonl``, wandb) and the plugins' hooks, and the ``simpletir`` logger's messages go to
+stderr and to the run log ``<logs_dir>/<experiment_name>.log``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import platform
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,12 @@ from simpletir.core.config import ExperimentConfig
 from simpletir.core.config_load import to_yaml, validate_config
 from simpletir.core.errors import StageUnavailableError
 from simpletir.core.fileio import atomic_write_json, atomic_write_text
+from simpletir.core.loggers import MetricLogger, build_loggers, close_loggers, run_log, run_log_path
 from simpletir.core.plugins import SimpletirPluginManager
 from simpletir.core.types import StepReport
+from simpletir.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 PLUGINS_FILE = "plugins.json"
@@ -113,15 +121,37 @@ def flatten_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, fl
 
 
 def report_step(pm: SimpletirPluginManager, report: StepReport) -> None:
-    """Tell plugins a step ended: ``on_step_end`` for training, ``on_validation_end`` for validation.
+    """Report a finished step: ``on_step_end`` for training, ``on_validation_end`` for validation.
 
     The trainer calls this after each step and each periodic validation; :func:`run_experiment`
-    calls it once at the end of a ``val_only`` run (so an evaluation stage need not).
+    calls it once at the end of a ``val_only`` run (so an evaluation stage need not). During
+    :func:`run_experiment` the run's metric loggers listen on these hooks (:class:`LoggerHooks`,
+    registered last so they are called first): a report reaches ``metrics.jsonl`` even when a
+    plugin's hook then fails.
     """
     if report.phase == "val":
         pm.hook.on_validation_end(report=report)
     else:
         pm.hook.on_step_end(report=report)
+
+
+class LoggerHooks:
+    """Hands every reported step to the run's metric loggers (``trainer.loggers``)."""
+
+    PLUGIN_NAME = "simpletir.loggers"
+
+    def __init__(self, loggers: Sequence[MetricLogger]) -> None:
+        self.loggers = list(loggers)
+
+    @hookimpl
+    def on_step_end(self, report: StepReport) -> None:
+        for logger in self.loggers:
+            logger.log(report)
+
+    @hookimpl
+    def on_validation_end(self, report: StepReport) -> None:
+        for logger in self.loggers:
+            logger.log(report)
 
 
 def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
@@ -134,13 +164,36 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
     config = dataclasses.replace(config, run_dir=str(run_dir))
     atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
     atomic_write_json(run_dir / PLUGINS_FILE, plugin_versions(pm))
-    pm.hook.configure.call_historic(kwargs={"config": config})
+    with run_log(run_log_path(config)) as log_path:
+        what = "evaluation" if config.val_only else "training"
+        log.info("simpletir %s: %s run in %s (log: %s)", __version__, what, run_dir, log_path)
+        try:
+            return _run_stage(config, pm, stage, run_dir)
+        except BaseException as exc:
+            log.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"file_only": True})
+            raise
 
-    started = datetime.now(UTC)
-    result = dict(stage(config, pm) or {})
-    metrics = flatten_metrics(result)
-    if config.val_only:
-        report_step(pm, StepReport(step=0, epoch=0, metrics=metrics, phase="val"))
+
+def _run_stage(
+    config: ExperimentConfig,
+    pm: SimpletirPluginManager,
+    stage: Callable[[ExperimentConfig, SimpletirPluginManager], Any],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Configure plugins, open the loggers, run the stage, record the result; loggers always close."""
+    pm.hook.configure.call_historic(kwargs={"config": config})
+    loggers = build_loggers(config, run_dir)
+    bridge = LoggerHooks(loggers)
+    pm.register(bridge, name=LoggerHooks.PLUGIN_NAME)
+    try:
+        started = datetime.now(UTC)
+        result = dict(stage(config, pm) or {})
+        metrics = flatten_metrics(result)
+        if config.val_only:
+            report_step(pm, StepReport(step=0, epoch=0, metrics=metrics, phase="val"))
+    finally:
+        pm.unregister(bridge)
+        close_loggers(loggers)
 
     finished = datetime.now(UTC)
     atomic_write_json(
@@ -154,4 +207,5 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
         },
     )
     pm.hook.on_run_end(run_dir=str(run_dir), metrics=metrics)
+    log.info("finished in %.1f s: %s", (finished - started).total_seconds(), run_dir / RESULT_FILE)
     return {"run_dir": str(run_dir), **result}

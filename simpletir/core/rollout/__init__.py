@@ -8,7 +8,7 @@ engine.close()
 """
 
 from simpletir.core.rollout.engine import Generation, PolicyEngine, SamplingParams, build_engine
-from simpletir.core.rollout.loop import RolloutRunner, extract_boxed
+from simpletir.core.rollout.loop import RolloutRunner
 from simpletir.core.rollout.models import PACKAGED, resolve_model
 
 __all__ = [
@@ -18,6 +18,5 @@ __all__ = [
     "RolloutRunner",
     "SamplingParams",
     "build_engine",
-    "extract_boxed",
     "resolve_model",
 ]

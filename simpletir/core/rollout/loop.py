@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from simpletir.core.answers import last_boxed
 from simpletir.core.errors import ConfigError
 from simpletir.core.rollout.engine import PolicyEngine, SamplingParams
 from simpletir.core.types import (
@@ -63,21 +65,8 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.specs import Tool
 
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` with balanced braces, or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 0, start + len("\\boxed")
-        for i in range(start + len("\\boxed"), len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start + len("\\boxed{") : i]
-        start = text.rfind("\\boxed{", 0, start)  # unclosed: look for an earlier, complete one
-    return None
+# Called with (index of the problem, its finished group); may return an awaitable.
+OnGroup = Callable[[int, TrajectoryGroup], "Awaitable[None] | None"]
 
 
 @dataclass
@@ -185,19 +174,35 @@ class RolloutRunner:
 
     # -- running --------------------------------------------------------------------------
     def run(
-        self, problems: Sequence[Problem], n: int | None = None, training: bool = False
+        self,
+        problems: Sequence[Problem],
+        n: int | None = None,
+        training: bool = False,
+        *,
+        on_group: OnGroup | None = None,
     ) -> list[TrajectoryGroup]:
         """Synchronous :meth:`arun`. Rewards are left None (the reward stage fills them)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.arun(problems, n=n, training=training))
+            return asyncio.run(self.arun(problems, n=n, training=training, on_group=on_group))
         raise RuntimeError("RolloutRunner.run called inside a running event loop: await runner.arun()")
 
     async def arun(
-        self, problems: Sequence[Problem], n: int | None = None, training: bool = False
+        self,
+        problems: Sequence[Problem],
+        n: int | None = None,
+        training: bool = False,
+        *,
+        on_group: OnGroup | None = None,
     ) -> list[TrajectoryGroup]:
-        """``n`` trajectories per problem (default ``rollout.n`` when training, else ``n_val``)."""
+        """``n`` trajectories per problem (default ``rollout.n`` when training, else ``n_val``).
+
+        ``on_group(i, group)``, when given, is called (and awaited, if it returns an awaitable)
+        as soon as all ``n`` trajectories of ``problems[i]`` are done, while the other problems
+        keep generating: the evaluation journals each finished group with it. An exception it
+        raises fails the rollout like a failing trajectory does.
+        """
         if n is None:
             n = self.config.rollout.n if training else self.config.n_val
         if n < 1:
@@ -219,15 +224,25 @@ class RolloutRunner:
             bar.update(1)
             return trajectory
 
+        async def group(i: int, problem: Problem, prompt: tuple[list[int], str]) -> TrajectoryGroup:
+            # Tasks start in problem order (gather schedules them in order), so the semaphore
+            # still admits trajectories problem by problem and early groups finish first.
+            samples = await asyncio.gather(*(one(problem, prompt, k) for k in range(n)))
+            done = TrajectoryGroup(problem, tuple(samples))
+            if on_group is not None:
+                outcome = on_group(i, done)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            return done
+
         try:
             prompts = [self.build_prompt(p) for p in problems]
-            tasks = [one(p, prompt, k) for p, prompt in zip(problems, prompts, strict=True) for k in range(n)]
-            flat = await asyncio.gather(*tasks)
+            groups = await asyncio.gather(
+                *(group(i, p, prompt) for i, (p, prompt) in enumerate(zip(problems, prompts, strict=True)))
+            )
         finally:
             bar.close()
-        return [
-            TrajectoryGroup(problem, tuple(flat[i * n : (i + 1) * n])) for i, problem in enumerate(problems)
-        ]
+        return list(groups)
 
     # -- one trajectory -------------------------------------------------------------------
     async def trajectory(
@@ -254,7 +269,7 @@ class RolloutRunner:
             turn_ids = out.ids[start:]
             text = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
             found = self._parse(text)
-            answer = extract_boxed(text)
+            answer = last_boxed(text)
             turn = Turn(
                 index=index,
                 gen_span=(start, len(out.ids)),
