@@ -42,10 +42,11 @@ def round_trip(group: TrajectoryGroup) -> TrajectoryGroup:
 # -- serialization ----------------------------------------------------------------------------
 def test_hand_made_group_round_trips_exactly() -> None:
     rich = make_trajectory(turns=3, code_turns=2, score=1.0, truncated=True)
+    extra: dict[Any, Any] = {"t": (1, "a", None), 3: [1.5, {"x": True}]}  # tuples, an int key
     rich = dataclasses.replace(
         rich,
         logprobs=(-0.0, -math.inf, 1e-310, -0.1 + -0.2, *rich.logprobs[4:]),
-        reward=RewardResult(1.0, "correct", "025", {"t": (1, "a", None), 3: [1.5, {"x": True}]}),
+        reward=RewardResult(1.0, "correct", "025", extra),
         mask_reasons=("void_turn", "overlong"),
         prompt_text="p\u00e9",
         response_text="r \\boxed{025}\n",
@@ -323,3 +324,14 @@ def test_sigkilled_simpletir_run_resumes(tmp_path: Path) -> None:
         str(i) for i in range(size)
     ]
     assert not (tmp_path / "runs" / "killed-2").exists()  # the same run directory was reused
+
+    # A resume under other settings is refused, and leaves the folder's config.yaml as it was.
+    config_yaml = tmp_path / "runs" / "killed" / "config.yaml"
+    recorded = config_yaml.read_text()
+    assert "n_val: 2" in recorded
+    refused_args = [a if a != "n_val=2" else "n_val=3" for a in args]
+    refused = subprocess.run(
+        refused_args, env={**env, "RESUME": "True"}, capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode != 0 and "n_val: journal 2, now 3" in refused.stderr
+    assert config_yaml.read_text() == recorded

@@ -163,7 +163,7 @@ class EvalJournal:
             "n": len(group.trajectories),
             "group": group_to_dict(group),
         }
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         self._handle.write(line.encode("utf-8"))
         self._handle.flush()
         os.fsync(self._handle.fileno())

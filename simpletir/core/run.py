@@ -159,19 +159,27 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
     validate_config(config, pm)
     # Find the stage first: a run that cannot start leaves no run directory behind.
     stage = load_stage(*(EVALUATION_STAGE if config.val_only else TRAINING_STAGE))
-    # Written before the stage starts, so even a crashed run leaves its config and versions.
     run_dir = prepare_run_dir(config)
     config = dataclasses.replace(config, run_dir=str(run_dir))
-    atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
+    # A fresh run records its config before the stage starts, so even a crashed run leaves it.
+    # A resumed run keeps the config its folder was started with until the stage has accepted
+    # the resume (the evaluation refuses a journal written under other settings): a refused
+    # resume must not leave a config.yaml that no longer describes the folder's results.
+    resuming = config.resume and (run_dir / CONFIG_FILE).exists()
+    if not resuming:
+        atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
     atomic_write_json(run_dir / PLUGINS_FILE, plugin_versions(pm))
     with run_log(run_log_path(config)) as log_path:
         what = "evaluation" if config.val_only else "training"
         log.info("simpletir %s: %s run in %s (log: %s)", __version__, what, run_dir, log_path)
         try:
-            return _run_stage(config, pm, stage, run_dir)
+            result = _run_stage(config, pm, stage, run_dir)
         except BaseException as exc:
             log.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"file_only": True})
             raise
+    if resuming:
+        atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
+    return result
 
 
 def _run_stage(
