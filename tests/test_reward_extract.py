@@ -67,3 +67,44 @@ def test_plain_integer(text: str, value: int) -> None:
 @pytest.mark.parametrize("text", ["2.5", "1/2", "1,000", "x", "", "1e3", "9" * 60])
 def test_not_plain_integer(text: str) -> None:
     assert plain_integer(text) is None
+
+
+def test_degenerate_repetition_is_extracted_in_linear_time() -> None:
+    # A collapsed policy can repeat "\boxed{" thousands of times without closing it. Extraction
+    # runs in the parent (the reward) and on the rollout's event loop (the answer check after
+    # every turn), outside any timeout: it must stay linear. The old scan restarted at every
+    # box and took ~25 s on this input (about 70k characters).
+    import time
+
+    cases = [
+        ("\\boxed{" * 10_000, None),
+        ("\\boxed " * 10_000 + "\\boxed{", "\\boxed{"),  # short form: the next token
+        ("x \\boxed{7} " + "\\boxed{{" * 8_000, "7"),
+    ]
+    for text, expected in cases:
+        started = time.perf_counter()
+        answer = last_boxed(text)
+        assert time.perf_counter() - started < 1.0, text[:20]
+        assert answer == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("} \\boxed{5}", "5"),  # a stray closing brace before the box
+        ("{ \\boxed{5}", "5"),  # an unclosed brace before the box
+        ("\\boxed{a\\\\{b}c}", "a\\\\{b}c"),  # "\\\\" (a LaTeX newline) then a real brace
+        ("\\boxed{\\{1\\}} and \\boxed{2", "\\{1\\}"),  # the last box never closes
+        ("\\boxed{1}} \\fbox{2}", "2"),
+    ],
+)
+def test_last_boxed_brace_matching_edge_cases(text: str, expected: str) -> None:
+    assert last_boxed(text) == expected
+
+
+def test_bare_fenced_code_is_code_but_output_fences_are_kept() -> None:
+    # The sandbox runs bare ``` blocks too, so a box in their source is not an answer ...
+    assert last_boxed("Say \\boxed{1}\n```\nprint('\\\\boxed{2}')\n```\n") == "1"
+    # ... while an output fence may hold the answer, and its closing fence opens no code block.
+    assert last_boxed("```output\n\\boxed{3}\n```\nSo \\boxed{4}") == "4"
+    assert last_boxed("```output\n\\boxed{3}\n```\nno box after") == "3"

@@ -145,3 +145,18 @@ def test_hub_id_resolves_from_the_hf_cache_offline(tiny_dir, tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_model("acme/tiny") == snapshot
+
+
+def test_eos_ids_without_a_generation_config_come_from_the_model_config(tmp_path):
+    # A model folder without generation_config.json: vLLM (and transformers' generate) derive the
+    # generation config from config.json, whose eos_token_id may list more stop ids than the
+    # tokenizer's eos. Both engines must stop on the same ids.
+    from transformers import AutoTokenizer, Qwen2Config
+
+    from simpletir.core.rollout.engine import eos_ids_of
+    from simpletir.core.rollout.models import qwen_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    Qwen2Config(eos_token_id=[151645, 151643], vocab_size=8, hidden_size=8).save_pretrained(tmp_path)
+    assert not (tmp_path / "generation_config.json").exists()
+    assert {151645, 151643} <= eos_ids_of(tmp_path, tokenizer)

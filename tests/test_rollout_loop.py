@@ -330,3 +330,21 @@ def test_run_inside_event_loop_is_refused(tok):
 
     [group] = asyncio.run(inside())
     assert group.trajectories[0].finish_reason is FinishReason.VOID_TURN
+
+
+def test_observation_that_overflows_the_context_window_is_not_appended(tok):
+    # The model's context window (max_position_embeddings) can be smaller than
+    # max_prompt_length + max_response_length: an observation that fits the response budget but
+    # not the window must not be appended (prompt + response would exceed what the engine, and
+    # the trainer, can process).
+    turns = ["```python\nprint(1)\n```\n", "\\boxed{1}<|im_end|>"]
+    engine = ScriptedEngine(tok, turns, eos_token_ids=[IM_END])
+    gen0 = enc(tok, turns[0])
+    prompt_len = len(RolloutRunner(engine, [ScriptedTool()], cfg()).build_prompt(PROBLEM)[0])
+    engine.max_model_len = prompt_len + len(gen0) + 5
+    tool = ScriptedTool(lambda c: ToolResult(stdout="1 2 3 4 5 6 7 8 9"))
+    traj = run_one(engine, [tool], cfg())
+    assert len(traj.prompt_ids) + len(traj.response_ids) <= engine.max_model_len
+    assert traj.response_ids == tuple(gen0) and len(engine.requests) == 1
+    assert traj.finish_reason is FinishReason.LENGTH and traj.truncation_cause == "context_window"
+    assert traj.turns[0].observation is not None and traj.turns[0].obs_span is None

@@ -296,3 +296,98 @@ def test_mixed_hostile_and_benign_burst_never_deadlocks(runner: LoopRunner) -> N
         assert_only_idle_workers(burst)
     finally:
         runner.run(burst.aclose())
+
+
+def test_sysv_and_posix_ipc_do_not_cross_snippets(runner: LoopRunner, pool: SandboxPool) -> None:
+    # SysV segments and message queues outlive their creator inside the jail's IPC namespace.
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.shmget(0x5eed, 4096, 0o1666), libc.msgget(0x5eed, 0o1666),\n"
+        "      libc.semget(0x5eed, 1, 0o1666), libc.mq_open(b'/leak', 0o100 | 2, 0o666, None))\n"
+    )
+    r = run(runner, pool, code)
+    assert r.stdout == "-1 -1 -1 -1\n", r
+    r = run(runner, pool, "print(open('/proc/sysvipc/shm').read().count('\\n'))")
+    assert r.stdout == "1\n", r  # the header line only
+
+
+SCAN_OWN_MEMORY = (
+    "import ctypes\n"
+    "needle = {needle}\n"
+    "hits = 0\n"
+    "for line in open('/proc/self/maps').read().splitlines():\n"
+    "    f = line.split()\n"
+    "    if not f[1].startswith('r') or (len(f) > 5 and f[5].startswith(('/', '[v'))):\n"
+    "        continue\n"
+    "    a, b = (int(x, 16) for x in f[0].split('-'))\n"
+    "    hits += ctypes.string_at(a, b - a).count(needle)\n"
+    "print(hits)\n"
+)
+
+
+def test_previous_snippets_code_and_output_are_not_in_the_next_ones_memory(
+    runner: LoopRunner, pool: SandboxPool
+) -> None:
+    # The next child is forked from the server: whatever the server held (the last request,
+    # the last output) must not be readable in its heap. The needle exists once in the scanner.
+    for needle, snippet in (
+        ("b'Q7ZX' * 40", "print('Q7ZX' * 40)"),
+        ("b'K9W-' * 40", "s = '" + "K9W-" * 40 + "'"),
+        ("b'E3R-' * 40", "import sys; sys.stderr.write('E3R-' * 40)"),
+    ):
+        scan = SCAN_OWN_MEMORY.format(needle=needle)
+        before = runner.run(pool.execute(scan))
+        runner.run(pool.execute(snippet))
+        after = runner.run(pool.execute(scan))
+        assert before.ok and after.stdout == before.stdout, (snippet, before, after)
+
+
+def test_new_namespaces_cannot_be_created_with_clone(runner: LoopRunner, pool: SandboxPool) -> None:
+    # unshare/setns are denied; clone(CLONE_NEWUSER | ...) and clone3 must not be a way around.
+    code = (
+        "import ctypes, os, threading\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flag in (0x10000000, 0x30000000, 0x40000000, 0x00020000):\n"
+        "    pid = libc.syscall(56, flag | 17, 0, 0, 0, 0)\n"
+        "    if pid == 0:\n"
+        "        os._exit(0)\n"
+        "    print(pid, ctypes.get_errno())\n"
+        "    if pid > 0: os.waitpid(pid, 0)\n"
+        "args = (ctypes.c_uint64 * 11)(0x10000000, 0, 0, 0, 17)\n"
+        "print('clone3', libc.syscall(435, args, 88), ctypes.get_errno())\n"
+        "t = threading.Thread(target=print, args=('thread ok',)); t.start(); t.join()\n"
+        "print('fork ok' if os.fork() or os._exit(0) else '')\n"
+    )
+    r = run(runner, pool, code)
+    assert r.stdout == "-1 1\n" * 4 + "clone3 -1 38\nthread ok\nfork ok\n", r
+
+
+def test_the_server_s_limits_and_scheduling_cannot_be_changed(runner: LoopRunner, pool: SandboxPool) -> None:
+    # The server (same uid) forks every later snippet: changing its rlimits, CPU affinity or
+    # scheduling would carry over to them (sabotage, or a channel from one snippet to the next).
+    check = (
+        "import os, resource\n"
+        "print(os.sched_getaffinity(0), os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0),\n"
+        "      [resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)])\n"
+    )
+    before = run(runner, pool, check)
+    attack = (
+        "import os, resource\n"
+        "for pid in (1, os.getppid()):\n"
+        "    for f in (lambda: os.sched_setaffinity(pid, {0}),\n"
+        "              lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)),\n"
+        "              lambda: os.sched_setparam(pid, os.sched_param(0)),\n"
+        "              lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (20, 20)),\n"
+        "              lambda: resource.prlimit(pid, resource.RLIMIT_AS, (300 << 20, 300 << 20)),\n"
+        "              lambda: os.setpriority(os.PRIO_USER, 0, 19)):\n"
+        "        try: f(); print('changed')\n"
+        "        except OSError: pass\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (30, 30))  # its own limits: still allowed\n"
+        "os.sched_setaffinity(0, {0})\n"
+        "print('done')\n"
+    )
+    r = run(runner, pool, attack)
+    assert r.stdout == "done\n", r
+    after = run(runner, pool, check)
+    assert after.stdout == before.stdout, (before, after)

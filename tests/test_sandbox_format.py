@@ -120,6 +120,7 @@ def test_custom_templates() -> None:
         ({"workers": 0}, "plugin_config.python.workers=0"),
         ({"workers": "two"}, "plugin_config.python.workers='two': must be of type int"),
         ({"timeout_s": -1}, "plugin_config.python.timeout_s=-1"),
+        ({"timeout_s": float("inf")}, "plugin_config.python.timeout_s=inf: must be > 0 and finite"),
         ({"backend": "docker"}, "plugin_config.python.backend='docker'"),
         ({"stderr_policy": "hide"}, "plugin_config.python.stderr_policy='hide'"),
         ({"code_pattern": "(unclosed"}, "plugin_config.python.code_pattern"),

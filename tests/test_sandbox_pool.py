@@ -303,3 +303,99 @@ def test_cache_folder_writable_by_others_is_refused(tmp_path: os.PathLike[str]) 
     p = SandboxPool(SandboxConfig(workers=1, cache_dir=cache, **LIGHT))  # type: ignore[arg-type]
     with pytest.raises(SandboxUnavailableError, match="writable by others"):
         asyncio.run(p.execute("print(1)"))
+
+
+def test_code_is_passed_verbatim_whatever_its_size_or_characters(runner: LoopRunner) -> None:
+    p = start_pool(runner, workers=1, capture_bytes=100, max_output_bytes=10_000, **LIGHT)
+    try:
+        big = "x = 1\n" * 40_000 + "print(len(open('/dev/null').name), 'ünï', '\\u2603')"  # > a pipe
+        assert ex(runner, p, big).stdout == "9 ünï ☃\n"
+        assert (
+            ex(runner, p, "print('\\ud800'.encode('utf-8', 'surrogatepass'))").stdout
+            == "b'\\xed\\xa0\\x80'\n"
+        )
+        # The tail ring keeps exactly the last capture_bytes, across many small writes.
+        r = ex(runner, p, "import sys\nfor i in range(1000): sys.stdout.write(f'{i:04d}')")
+        assert r.stdout.startswith("0000000100020003") and r.stdout.endswith("09970998" + "0999")
+        head, _, tail = r.stdout.partition("\n... [")
+        assert len(head) == 100 and len(tail.split("] ...\n")[1]) == 100 and r.truncated
+        r = ex(runner, p, "import sys\nsys.stderr.write('a' * 150 + 'MemoryError')\nsys.exit(1)")
+        assert r.killed_by == "memory" and r.stderr.endswith("aMemoryError"), r
+    finally:
+        runner.run(p.aclose())
+
+
+def test_pool_refuses_a_second_running_event_loop() -> None:
+    import threading
+
+    p = SandboxPool(SandboxConfig(workers=1, **LIGHT))  # type: ignore[arg-type]
+    first: list[object] = []
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(p.start())
+    except SandboxUnavailableError as exc:
+        loop.close()
+        pytest.skip(str(exc))
+    thread = threading.Thread(
+        target=lambda: first.append(
+            loop.run_until_complete(p.execute("import time; time.sleep(1); print('a')"))
+        )
+    )
+    thread.start()
+    try:
+        import time
+
+        time.sleep(0.3)
+        with pytest.raises(RuntimeError, match="another running event loop"):
+            asyncio.run(p.execute("print('b')"))
+    finally:
+        thread.join()
+        loop.run_until_complete(p.aclose())
+        loop.close()
+    assert first and first[0].stdout == "a\n", first  # type: ignore[attr-defined]
+
+
+def test_cli_exec_of_a_file_that_is_not_utf8_still_prints_json(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simpletir.plugins.tools.python_sandbox.cli import main
+
+    path = os.path.join(tmp_path, "bad.py")
+    with open(path, "wb") as fh:
+        fh.write(b"print(1)\ns = '\xff\xfe'\n")
+    if main(["exec", path, "-o", "preload=[]"]) == 2:
+        pytest.skip(capsys.readouterr().err)
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_code"] == 1 and "Error" in data["stderr"] and data["stdout"] == "", data
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03])
+def test_aclose_during_start_leaves_nothing(runner: LoopRunner, delay: float) -> None:
+    p = SandboxPool(SandboxConfig(workers=2, **LIGHT))  # type: ignore[arg-type]
+
+    async def close_while_starting() -> BaseException | None:
+        call = asyncio.ensure_future(p.execute("print(1)"))
+        await asyncio.sleep(delay)
+        await p.aclose()
+        try:
+            await call
+        except (RuntimeError, SandboxUnavailableError) as exc:
+            return exc
+        return None
+
+    error = runner.run(close_while_starting())
+    assert error is not None, "a call made before aclose() ran after it"
+    # No worker may be started (or left running) by a start that aclose() interrupted.
+    assert not p._workers and not p._pids, (p._workers, p._pids)
+
+
+def test_extreme_timeouts_neither_leak_a_worker_nor_crash_it(runner: LoopRunner) -> None:
+    p = start_pool(runner, workers=1, **LIGHT)
+    try:
+        for bad in (float("inf"), float("nan"), 0.0):
+            with pytest.raises(ValueError, match="timeout_s"):
+                runner.run(p.execute("print(1)", timeout_s=bad), timeout=5)
+        r = runner.run(p.execute("print(1)", timeout_s=3e9), timeout=5)  # ~95 years: fine
+        assert r.stdout == "1\n" and p.replaced == 0, r
+    finally:
+        runner.run(p.aclose())

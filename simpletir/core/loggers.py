@@ -245,10 +245,15 @@ class WandbLogger:
             "config": OmegaConf.to_container(OmegaConf.structured(config)),
             "id": self.run_id,
             "resume": "allow",
-            "settings": wandb.Settings(init_timeout=config.trainer.wandb_init_timeout_s),
         }
+        # The short init timeout bounds the wait for a server; an offline start needs no network
+        # but may still be slow on a loaded machine, so it keeps wandb's own (long) default.
+        online_settings = wandb.Settings(init_timeout=config.trainer.wandb_init_timeout_s)
         try:
-            self._run = wandb.init(mode=self.mode, **kwargs)  # type: ignore[arg-type]
+            if self.mode == "online":
+                self._run = wandb.init(mode="online", settings=online_settings, **kwargs)
+            else:
+                self._run = wandb.init(mode=self.mode, **kwargs)  # type: ignore[arg-type]
         except wandb.errors.CommError as exc:
             if self.mode != "online":
                 raise

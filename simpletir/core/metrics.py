@@ -11,7 +11,11 @@ Definitions (every rate is a share of trajectories unless it says otherwise):
 - ``code_success_rate``: executed tool calls that succeeded (exit 0, no timeout or kill), as a
   share of executed calls; None when nothing ran.
 - ``void_turn_ratio``: trajectories with a void turn (neither a complete code block nor an answer).
-- ``truncation_ratio``: trajectories cut by a length cap.
+- ``truncation_ratio``: trajectories marked truncated by any cap: the response length or the
+  context window (finish reason ``length``), a prompt over ``max_prompt_length``, and also an
+  observation cut to ``rollout.max_obs_tokens`` in a trajectory that then went on (even to a
+  correct answer). Each sample's ``truncation_cause`` is in the generations file; the training
+  filters' "clipped" count only the first two.
 - ``answer_rate``: trajectories in which the reward found an answer (``RewardResult.extracted``).
 - ``reasons``: verdict counts by reward reason; ``finish_reasons``: counts by why trajectories ended.
 

@@ -139,14 +139,21 @@ def build_engine(config: ExperimentConfig) -> PolicyEngine:
 
 
 def eos_ids_of(model_dir: Any, tokenizer: Any) -> frozenset[int]:
-    """EOS ids from the model's generation config (a list for chat models), else the tokenizer's."""
-    from transformers import GenerationConfig
+    """EOS ids from the model's generation config (a list for chat models) and the tokenizer's.
+
+    Without a ``generation_config.json`` the generation config is derived from ``config.json``,
+    as vLLM and transformers' ``generate`` do, so both engines stop on the same ids.
+    """
+    from transformers import AutoConfig, GenerationConfig
 
     ids: set[int] = set()
     try:
         eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:
-        eos = None
+        try:
+            eos = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir)).eos_token_id
+        except (OSError, ValueError):
+            eos = None
     if isinstance(eos, int):
         ids.add(eos)
     elif eos:

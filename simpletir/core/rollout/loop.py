@@ -23,8 +23,9 @@ How a trajectory ends (``finish_reason``), checked in this order after each turn
   its output is not appended), or, single-turn (``tool_use=False``), without an answer;
 * ``void_turn``: the model stopped with neither a complete call nor an answer (``is_void``);
 * ``max_turns``: the last allowed turn made a call: the code runs, its output is not appended;
-* ``length`` again when an observation would not fit in ``max_response_length``: it is not
-  appended (the turn keeps its text and result) and the trajectory ends truncated.
+* ``length`` again when an observation would not fit in ``max_response_length`` (or the
+  context window): it is not appended (the turn keeps its text and result) and the trajectory
+  ends truncated.
 
 An observation longer than ``rollout.max_obs_tokens`` is cut to that many ids; the turn and the
 trajectory are marked truncated with cause ``observation_length`` (a later cap that ends the
@@ -299,7 +300,7 @@ class RolloutRunner:
             if index == max_turns - 1:
                 out.turns.append(turn)
                 return self._finish(problem, k, prompt, out, FinishReason.MAX_TURNS)
-            if not self._append_observation(out, turn, found[0], result):
+            if not self._append_observation(out, turn, found[0], result, len(prompt_ids)):
                 return self._finish(problem, k, prompt, out, FinishReason.LENGTH)
         raise AssertionError("unreachable: the last turn always finishes the trajectory")
 
@@ -334,7 +335,9 @@ class RolloutRunner:
                 return tool, call
         return None
 
-    def _append_observation(self, out: _Builder, turn: Turn, tool: Tool, result: ToolResult) -> bool:
+    def _append_observation(
+        self, out: _Builder, turn: Turn, tool: Tool, result: ToolResult, prompt_len: int
+    ) -> bool:
         """Append the tool's observation ids; False (trajectory over) when they do not fit."""
         observation = tool.format_observation(result)
         ids = list(self.tokenizer.encode(observation, add_special_tokens=False))
@@ -343,9 +346,13 @@ class RolloutRunner:
         if cut:
             ids = ids[:cap]
             out.truncate("observation_length")
-        if len(out.ids) + len(ids) >= self.config.max_response_length:
+        # Room after the observation, in the response budget and in the context window (the
+        # model's max_position_embeddings may be smaller than prompt + response caps).
+        budget = self.config.max_response_length - len(out.ids) - len(ids)
+        room = self.engine.max_model_len - prompt_len - len(out.ids) - len(ids)
+        if min(budget, room) < 1:
             # No room for the observation and a next turn: end here rather than cut it silently.
-            out.truncate("response_length")
+            out.truncate("response_length" if budget <= room else "context_window")
             out.turns.append(_replace(turn, observation=observation, truncated=True))
             return False
         start = len(out.ids)

@@ -101,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(args.option)
         if args.command == "exec":
             if args.file == "-":
-                code = sys.stdin.read()
+                stdin = getattr(sys.stdin, "buffer", None)
+                raw = stdin.read() if stdin is not None else sys.stdin.read().encode()
             else:
                 try:
-                    with open(args.file, encoding="utf-8") as fh:
-                        code = fh.read()
+                    with open(args.file, "rb") as fh:
+                        raw = fh.read()
                 except OSError as exc:
                     raise SimpletirError(f"cannot read {args.file!r}: {exc.strerror}") from None
+            # Bytes that are not UTF-8 reach the snippet (and fail there, reported as JSON).
+            code = raw.decode("utf-8", "surrogateescape")
             print(json.dumps(asyncio.run(_exec(cfg, code, args.timeout)), ensure_ascii=False))
         elif args.command == "bench":
             from .benchmark import report, run_benchmark

@@ -115,7 +115,7 @@ class SandboxConfig:
         need(1 <= self.workers <= 256, "workers", "must be between 1 and 256")
         need(0 <= self.light_workers <= 256, "light_workers", "must be between 0 and 256")
         need(self.max_queue >= 1, "max_queue", "must be >= 1")
-        need(self.timeout_s > 0, "timeout_s", "must be > 0")
+        need(0 < self.timeout_s < float("inf"), "timeout_s", "must be > 0 and finite")
         need(self.cpu_s >= 0, "cpu_s", "must be >= 0")
         need(self.memory_mb >= 64, "memory_mb", "must be >= 64 (numpy and sympy need ~300)")
         need(self.max_processes >= 2, "max_processes", "must be >= 2 (the worker and one snippet)")

@@ -28,7 +28,21 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 SECCOMP_POLICY = (
     "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, unshare, setns, mount, umount, "
     "pivot_root, bpf, perf_event_open, userfaultfd, keyctl, add_key, request_key, kexec_load, "
-    "init_module, finit_module, delete_module, swapon, swapoff, reboot, acct, quotactl } DEFAULT ALLOW"
+    "init_module, finit_module, delete_module, swapon, swapoff, reboot, acct, quotactl, "
+    # SysV and POSIX message-queue IPC objects outlive their creator in the jail's IPC
+    # namespace (shared by every snippet of a worker): deny them rather than leak state.
+    "shmget, shmat, shmctl, msgget, msgsnd, msgrcv, msgctl, semget, semop, semtimedop, semctl, "
+    "mq_open, mq_unlink, mq_timedsend, mq_timedreceive, mq_notify, mq_getsetattr, "
+    # clone() with a CLONE_NEW* flag would create namespaces around the unshare ban (and expose
+    # the kernel's user-namespace surface); clone3's flags cannot be inspected, so it reports
+    # ENOSYS and the C library falls back to clone() for threads.
+    "clone { (clone_flags & 0x7e020000) != 0 }, "
+    # The server (same uid) forks every later snippet: its limits, affinity and scheduling
+    # must not be changed from inside a snippet (a process may still change its own).
+    "prlimit64 { pid != 0 }, sched_setaffinity { pid != 0 }, sched_setscheduler { pid != 0 }, "
+    "sched_setparam { pid != 0 }, sched_setattr { pid != 0 }, migrate_pages { pid != 0 }, "
+    "move_pages { pid != 0 }, setpriority { which != 0 || who != 0 }, "
+    "ioprio_set { which != 1 || who != 0 } } ERRNO(38) { clone3 } DEFAULT ALLOW"
 )
 ENV = {
     "PATH": "/usr/bin:/bin",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -119,9 +120,11 @@ class Worker:
 
     async def execute(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         assert self.proc is not None and self.proc.stdin is not None
-        blob = json.dumps(request).encode()
+        code = request["code"].encode("utf-8", "surrogatepass")
+        meta = {k: v for k, v in request.items() if k != "code"}
+        blob = json.dumps({**meta, "code_bytes": len(code)}).encode()
         try:
-            self.proc.stdin.write(LEN.pack(len(blob)) + blob)
+            self.proc.stdin.write(LEN.pack(len(blob)) + blob + code)
             await self.proc.stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise WorkerLost(f"worker pipe closed ({type(exc).__name__})") from exc
@@ -254,13 +257,15 @@ class SandboxPool:
             else:
                 self._nsjail = provision.find_nsjail(self.cfg)
             self._package_dir = await asyncio.to_thread(provision.package_dir, self.cfg)
+            if self._closed:  # aclose() ran meanwhile: start nothing
+                raise RuntimeError("sandbox pool is closed")
             workers = [self._new_worker(lane) for lane, n in self._lanes.items() for _ in range(n)]
             results = await asyncio.gather(*(w.start(self._pids) for w in workers), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
+            if errors or self._closed:
                 for w in workers:
                     await w.close(self._pids)
-                raise errors[0]
+                raise RuntimeError("sandbox pool is closed") if self._closed else errors[0]
             for w in workers:
                 self._workers.add(w)
                 self._idle[w.lane].put_nowait(w)
@@ -271,6 +276,9 @@ class SandboxPool:
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
+        if self._loop is not None and self._loop.is_running() and not self._loop.is_closed():
+            # Another thread's loop owns the workers now; taking them would kill its snippets.
+            raise RuntimeError("sandbox pool is in use by another running event loop; use one pool per loop")
         if self._loop is not None:
             _kill_all(self._pids)
             for worker in self._workers:
@@ -301,6 +309,11 @@ class SandboxPool:
         for task in list(self._tasks):
             task.cancel()
         if self._loop is not None and self._loop is asyncio.get_running_loop():
+            assert self._start_lock is not None
+            if self._start_lock.locked():
+                _kill_all(self._pids)  # a start in progress: its workers fail fast, then
+                async with self._start_lock:  # it closes them and raises "closed"
+                    pass
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await asyncio.gather(*(w.close(self._pids) for w in list(self._workers)), return_exceptions=True)
             self._workers.clear()
@@ -321,21 +334,22 @@ class SandboxPool:
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         timeout = self.cfg.timeout_s if timeout_s is None else float(timeout_s)
-        if not timeout > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout_s must be > 0 and finite, got {timeout_s!r}")
+        # Built before a worker is taken: nothing may raise between taking and returning it.
+        request = {
+            "code": code,
+            "timeout_s": timeout,
+            "cpu_s": self.cfg.cpu_s or int(timeout) + 2,
+            "memory_mb": self.cfg.memory_mb,
+            "max_output_bytes": self.cfg.max_output_bytes,
+        }
         self._bind_loop()
         if not self._started:
             await self.start()
         assert self._admission is not None
         async with self._admission:
             worker = await self._acquire(self.route(code))
-            request = {
-                "code": code,
-                "timeout_s": timeout,
-                "cpu_s": self.cfg.cpu_s or int(timeout) + 2,
-                "memory_mb": self.cfg.memory_mb,
-                "max_output_bytes": self.cfg.max_output_bytes,
-            }
             started = time.perf_counter()
             try:
                 header, payload = await asyncio.wait_for(

@@ -1,25 +1,26 @@
 # ruff: noqa: SIM105  (plain try/except: no contextlib frames in the forked hot path)
 """The server that runs *inside* one jail: a warm interpreter that forks a fresh child per snippet.
 
-This file is executed by the jail's own interpreter (``/usr/bin/python3 -E -s -B worker.py``,
-bind-mounted read-only from a copy outside /root), so it imports nothing but the standard
-library and never imports simpletir.
+Run by the jail's own interpreter (``/usr/bin/python3 -E -s -B worker.py``, bind-mounted
+read-only from a copy outside /root), so it imports only the standard library.
 
 Why fork: a cold jailed ``python3`` costs ~11 ms more than a bare one and importing sympy costs
-300+ ms. The server imports the heavy modules once, then forks a child per snippet; the child
-starts from the same pristine snapshot every time, and whatever it does to its memory dies with
-it. Under nsjail the server is PID 1 of its own PID namespace, which gives three guarantees:
-  * the kernel drops every signal its descendants send it unless it installed a handler, so a
-    snippet cannot kill it (SIGKILL and SIGSTOP included);
-  * orphans (setsid double-fork daemons) are re-parented to it, and ``kill(-1, SIGKILL)`` from
-    it reaches every other process of the namespace and nothing outside it;
-  * waiting until ``waitpid(-1)`` reports no child left proves that nothing of the run survived.
-The server marks itself non-dumpable so a snippet of the same uid cannot ptrace it or write
-its /proc/1/mem; nsjail's seccomp policy denies ptrace as a second line. The private /tmp is
-emptied after every snippet, so no state crosses from one snippet to the next.
+300+ ms. The server imports the heavy modules once, then forks a child per snippet from the
+same pristine snapshot. Under nsjail the server is PID 1 of its own PID namespace: the kernel
+drops signals its descendants send it (no handler installed), orphans and setsid daemons are
+re-parented to it, ``kill(-1, SIGKILL)`` reaches every other process of the namespace and
+nothing outside it, and ``waitpid(-1)`` reporting no child left proves nothing of the run
+survived. The server is non-dumpable (no ptrace, no /proc/1/mem; seccomp denies ptrace too).
+/tmp and /dev/shm are emptied after every snippet.
+
+The next child is forked from the server, so whatever the server holds is readable in that
+child's memory. The server therefore never parses or copies a snippet's code or output: both
+pass through buffers allocated once before the first fork (:class:`Buffers`), zeroed after
+every snippet.
 
 Protocol on the server's original stdin/stdout (moved away from fds 0/1 first):
-  request  = u32 length + JSON {"code", "timeout_s", "cpu_s", "memory_mb", "max_output_bytes"}
+  request  = u32 length + JSON {"code_bytes", "timeout_s", "cpu_s", "memory_mb",
+             "max_output_bytes"}, then ``code_bytes`` bytes of UTF-8 code
   response = u32 length + JSON header, then the header's byte counts of stdout and stderr
              (head then tail of each stream) as raw bytes.
 The first frame the server sends is {"ready": true, ...} once preloading is done.
@@ -56,43 +57,93 @@ def read_exact(fd, n):
     return b"".join(chunks)
 
 
+def quietly(func, *args):
+    """``func(*args)``, or False when it raises OSError (a gone process, a closed fd)."""
+    try:
+        return func(*args)
+    except OSError:
+        return False
+
+
 def write_all(fd, data):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def send(fd, header, payload=b""):
+def send(fd, header, parts=()):
     blob = json.dumps(header).encode()
-    write_all(fd, LEN.pack(len(blob)) + blob + payload)
+    views = [memoryview(LEN.pack(len(blob)) + blob), *parts]
+    while views:  # writev: no concatenated copy of the output in the server's heap
+        done = os.writev(fd, views)
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][done:]
 
 
 class Capture:
-    """Keeps the first and the last ``cap`` bytes of a stream and counts the rest."""
+    """Keeps the first and the last ``cap`` bytes of a stream (the tail in a ring) and counts
+    the rest, in two buffers allocated once and zeroed by :meth:`clear`."""
 
     def __init__(self, cap):
         self.cap = cap
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
+        self.head = bytearray(cap)
+        self.tail = bytearray(cap)
+        self.zero = memoryview(bytes(cap))
+        self.n_head = self.n_tail = self.pos = self.total = 0
 
-    def add(self, data):
-        self.total += len(data)
-        room = self.cap - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            if len(self.tail) > self.cap:
-                del self.tail[: len(self.tail) - self.cap]
+    def add(self, view):
+        self.total += len(view)
+        k = min(self.cap - self.n_head, len(view))
+        if k > 0:
+            self.head[self.n_head : self.n_head + k] = view[:k]
+            self.n_head += k
+            view = view[k:]
+        view = view[max(0, len(view) - self.cap) :]
+        while view:
+            k = min(self.cap - self.pos, len(view))
+            self.tail[self.pos : self.pos + k] = view[:k]
+            self.pos = (self.pos + k) % self.cap
+            self.n_tail = min(self.cap, self.n_tail + k)
+            view = view[k:]
+
+    def parts(self):
+        head, tail = memoryview(self.head), memoryview(self.tail)
+        if self.n_tail < self.cap:
+            return [head[: self.n_head], tail[: self.n_tail]]
+        return [head[: self.n_head], tail[self.pos :], tail[: self.pos]]
 
     def header(self, name):
         return {
-            name + "_head": len(self.head),
-            name + "_tail": len(self.tail),
-            name + "_omitted": self.total - len(self.head) - len(self.tail),
+            name + "_head": self.n_head,
+            name + "_tail": self.n_tail,
+            name + "_omitted": self.total - self.n_head - self.n_tail,
         }
+
+    def clear(self):
+        self.head[: self.n_head] = self.zero[: self.n_head]
+        self.tail[: self.n_tail] = self.zero[: self.n_tail]
+        self.n_head = self.n_tail = self.pos = self.total = 0
+
+
+class Buffers:
+    """The only places a snippet's code and output pass through in the server."""
+
+    def __init__(self, cap):
+        self.io = bytearray(1 << 16)
+        self.out, self.err = Capture(cap), Capture(cap)
+
+    def read(self, fd, limit=1 << 16):
+        """Read from ``fd`` into the shared buffer; returns a view of what was read."""
+        view = memoryview(self.io)[:limit]
+        return view[: os.readv(fd, [view])]
+
+    def clear(self):
+        self.io[:] = bytes(len(self.io))
+        self.out.clear()
+        self.err.clear()
 
 
 def final_answer(x):
@@ -154,10 +205,7 @@ class Spare:
 
     def close(self):
         for fd in (self.ctrl, self.out, self.err, self.done, self.pidfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            quietly(os.close, fd)
 
 
 def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
@@ -195,16 +243,17 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
     builtins.final_answer = final_answer  # type: ignore[attr-defined]
     raw = read_exact(3, LEN.size)
     body = read_exact(3, LEN.unpack(raw)[0]) if raw else None
+    req = json.loads(body) if body is not None else None
+    code_bytes = read_exact(3, req["code_bytes"]) if req is not None else None
     os.close(3)
-    if body is None:
+    if code_bytes is None:
         os._exit(0)  # the server let this spare go unused
-    req = json.loads(body)
     set_name("sbx-run")
     set_limits(req, cfg)
     code = 0
     try:
         namespace = {"__name__": "__main__", "__builtins__": builtins}
-        source = req["code"]
+        source = code_bytes.decode("utf-8", "surrogatepass")
         linecache.cache["<snippet>"] = (len(source), None, source.splitlines(True), "<snippet>")
         exec(compile(source, "<snippet>", "exec"), namespace)
     except SystemExit as exc:
@@ -218,10 +267,7 @@ def child_main(cfg, ctrl_r, stdin_r, out_w, err_w, done_w):
             pass
     finally:
         code = finish(code)
-        try:
-            os.write(4, str(code).encode())
-        except OSError:
-            pass
+        quietly(os.write, 4, str(code).encode())
     os._exit(code)
 
 
@@ -260,15 +306,9 @@ def wipe(path):
     """Empty the scratch folder, whatever modes the snippet left on its files."""
 
     def retry(func, target, _exc):
-        try:
-            os.chmod(os.path.dirname(target) or target, 0o700)
-            os.chmod(target, 0o700)
-        except OSError:
-            pass
-        try:
-            func(target)
-        except OSError:
-            pass
+        quietly(os.chmod, os.path.dirname(target) or target, 0o700)
+        quietly(os.chmod, target, 0o700)
+        quietly(func, target)
 
     try:
         entries = list(os.scandir(path))
@@ -286,19 +326,9 @@ def wipe(path):
 
 
 def kill_everything(pgid, own_namespace):
-    """Kill the snippet and every process it left; return once none is left."""
-    if own_namespace:
-        # PID 1 of our namespace: -1 means every other process here, nothing outside.
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    else:
-        # unsafe_local: no namespace, so only the snippet's process group can be reached.
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """Kill the snippet and every process it left: as PID 1 of our namespace, -1 means every
+    other process here and nothing outside; unsafe_local can only reach the process group."""
+    quietly(os.kill, -1, signal.SIGKILL) if own_namespace else quietly(os.killpg, pgid, signal.SIGKILL)
 
 
 def reap_all(own_namespace, deadline):
@@ -314,27 +344,34 @@ def reap_all(own_namespace, deadline):
             time.sleep(0.001)
         elif own_namespace:
             # A process may have forked between our kill and its death: kill again.
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            quietly(os.kill, -1, signal.SIGKILL)
 
 
-def execute(req, cfg, own_namespace, spare):
+def forward_code(req, proto_in, spare, bufs):
+    """Pass the request and its code from the host to the spare without keeping a copy."""
+    blob = json.dumps(req).encode()
+    # False when the spare died before its snippet: reported from its exit status.
+    alive = quietly(write_all, spare.ctrl, LEN.pack(len(blob)) + blob) is None
+    left = int(req["code_bytes"])
+    while left:
+        chunk = bufs.read(proto_in, min(left, len(bufs.io)))
+        if not chunk:
+            raise EOFError("host closed the pipe mid-request")
+        left -= len(chunk)
+        # Keep reading after a failed write: the protocol must stay in step.
+        alive = alive and quietly(write_all, spare.ctrl, chunk) is None
+
+
+def execute(req, proto_in, own_namespace, spare, bufs):
     """Hand the request to the spare child and collect its output and exit status.
 
-    Returns ``(header, payload)``; the caller answers the host, then calls :func:`cleanup`
+    Returns ``(header, parts)``; the caller answers the host, then calls :func:`cleanup`
     before the next snippet."""
-    cap = int(cfg["capture_bytes"])
-    out, err = Capture(cap), Capture(cap)
+    out, err = bufs.out, bufs.err
     captures = {spare.out: out, spare.err: err}
     cpu_before = children_cpu()
     start = time.monotonic()
-    blob = json.dumps(req).encode()
-    try:
-        write_all(spare.ctrl, LEN.pack(len(blob)) + blob)
-    except OSError:
-        pass  # the spare died before its snippet: reported below from its exit status
+    forward_code(req, proto_in, spare, bufs)
     poller = select.poll()
     for fd in (spare.out, spare.err, spare.pidfd, spare.done):
         poller.register(fd, select.POLLIN)
@@ -349,7 +386,8 @@ def execute(req, cfg, own_namespace, spare):
         if remaining <= 0:
             killed_by = "timeout"
             break
-        for fd, _event in poller.poll(max(1, int(remaining * 1000))):
+        # At most a minute per wait: poll() overflows on timeouts of weeks.
+        for fd, _event in poller.poll(max(1, int(min(remaining, 60.0) * 1000))):
             if fd == spare.pidfd:
                 status = os.waitpid(spare.pid, 0)[1]
                 spare.pid = None
@@ -362,7 +400,7 @@ def execute(req, cfg, own_namespace, spare):
                 except ValueError:
                     pass  # closed or scribbled on by the snippet: wait for the real exit
             else:
-                data = os.read(fd, 1 << 16)
+                data = bufs.read(fd)
                 if data:
                     captures[fd].add(data)
                 else:
@@ -382,7 +420,7 @@ def execute(req, cfg, own_namespace, spare):
         os.set_blocking(fd, False)
         try:
             while out.total + err.total <= max_output:
-                data = os.read(fd, 1 << 16)
+                data = bufs.read(fd)
                 if not data:
                     break
                 captures[fd].add(data)
@@ -397,21 +435,30 @@ def execute(req, cfg, own_namespace, spare):
         if killed_by is None:
             spent = children_cpu() - cpu_before >= float(req["cpu_s"]) * 0.9
             killed_by = "cpu" if sig in (signal.SIGXCPU, signal.SIGKILL) and spent else "signal"
-    if killed_by is None and exit_code == 1 and b"MemoryError" in bytes(err.tail or err.head)[-512:]:
+    if killed_by is None and exit_code == 1 and out_of_memory(err):
         killed_by = "memory"
     header = {"exit_code": exit_code, "killed_by": killed_by, "duration_ms": elapsed * 1000.0}
     header.update(out.header("out"))
     header.update(err.header("err"))
-    return header, bytes(out.head + out.tail + err.head + err.tail)
+    return header, out.parts() + err.parts()
 
 
-def cleanup(spare, cfg, own_namespace):
-    """Kill whatever the snippet left running, reap it all, empty the scratch folders."""
+def out_of_memory(err):
+    """``MemoryError`` in the last 512 bytes of stderr, searched in place (no copy)."""
+    buf, end = (err.tail, err.pos or err.n_tail) if err.n_tail else (err.head, err.n_head)
+    wrapped = err.n_tail == err.cap and end < 512 and buf.find(b"MemoryError", err.cap - 512 + end) >= 0
+    return wrapped or buf.find(b"MemoryError", max(0, end - 512), end) >= 0
+
+
+def cleanup(spare, cfg, own_namespace, bufs):
+    """Kill whatever the snippet left running, reap it all, empty the scratch folders and the
+    buffers that held the snippet's code and output (before the next spare is forked)."""
     kill_everything(spare.pgid, own_namespace)
     if spare.pid is not None:
         os.waitpid(spare.pid, 0)
     reap_all(own_namespace, time.monotonic() + 2.0)
     spare.close()
+    bufs.clear()
     for folder in cfg.get("scratch_dirs", [cfg["scratch"]]):
         wipe(folder)
 
@@ -479,6 +526,7 @@ def main():
     gc.collect()
     gc.freeze()  # keeps the collector from touching (and copying) the snapshot in children
     set_name("sbx-server")
+    bufs = Buffers(int(cfg["capture_bytes"]))
     spare = Spare(cfg)
     send(proto_out, {"ready": True, "pid": os.getpid(), "namespace": own_namespace, "errors": errors})
     while True:
@@ -487,9 +535,10 @@ def main():
         if body is None:
             spare.close()  # the spare reads end-of-file and exits
             return 0
-        header, payload = execute(json.loads(body), cfg, own_namespace, spare)
-        send(proto_out, header, payload)
-        cleanup(spare, cfg, own_namespace)
+        header, parts = execute(json.loads(body), proto_in, own_namespace, spare, bufs)
+        send(proto_out, header, parts)
+        del parts
+        cleanup(spare, cfg, own_namespace, bufs)
         spare = Spare(cfg)  # after the cleanup above, which would have killed it
 
 
