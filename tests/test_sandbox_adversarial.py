@@ -368,8 +368,9 @@ def test_the_server_s_limits_and_scheduling_cannot_be_changed(runner: LoopRunner
     # scheduling would carry over to them (sabotage, or a channel from one snippet to the next).
     check = (
         "import os, resource\n"
+        "limits = (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)\n"
         "print(os.sched_getaffinity(0), os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0),\n"
-        "      [resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)])\n"
+        "      [resource.getrlimit(r) for r in limits])\n"
     )
     before = run(runner, pool, check)
     attack = (
@@ -391,3 +392,45 @@ def test_the_server_s_limits_and_scheduling_cannot_be_changed(runner: LoopRunner
     assert r.stdout == "done\n", r
     after = run(runner, pool, check)
     assert after.stdout == before.stdout, (before, after)
+
+
+def test_scratch_folders_come_back_pristine(runner: LoopRunner, pool: SandboxPool) -> None:
+    # Whatever a snippet does to /tmp and /dev/shm (a tree deeper than the fd limit, folders it
+    # locked, the folders' own mode, times and xattrs) must not reach the next snippet.
+    check = (
+        "import os\n"
+        "for d in ('/tmp', '/dev/shm'):\n"
+        "    st = os.stat(d)\n"
+        "    open(d + '/probe', 'w').close()\n"
+        "    print(d, sorted(os.listdir(d)), oct(st.st_mode), st.st_mtime == 12345, os.listxattr(d))\n"
+    )
+    before = run(runner, pool, check)
+    attack = (
+        "import os\n"
+        "for d in ('/tmp', '/dev/shm'):\n"
+        "    os.chdir(d)\n"
+        "    for i in range(300):\n"
+        "        os.mkdir('d'); os.chdir('d')\n"
+        "        if i == 150:\n"
+        "            os.mkdir('locked'); open('locked/secret', 'w').write('s'); os.chmod('locked', 0)\n"
+        "    open('secret', 'w').write('s')\n"
+        "    try: os.setxattr(d, 'user.leak', b'1')\n"
+        "    except OSError: pass\n"
+        "    os.utime(d, (12345, 12345))\n"
+        "    os.chmod(d, 0o500)\n"
+        "print('planted')\n"
+    )
+    assert run(runner, pool, attack).stdout == "planted\n"
+    after = run(runner, pool, check)
+    assert after.ok and after.stdout == before.stdout, (before, after)
+
+
+def test_io_uring_is_denied(runner: LoopRunner, pool: SandboxPool) -> None:
+    # A large kernel attack surface that math code never needs (blocked by Docker's default too).
+    code = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "params = ctypes.create_string_buffer(120)\n"
+        "print(libc.syscall(425, 4, params), ctypes.get_errno())\n"
+    )
+    assert run(runner, pool, code).stdout == "-1 1\n"

@@ -160,3 +160,19 @@ def test_entry_point_points_at_this_package() -> None:
 
     eps = {ep.name: ep.value for ep in entry_points(group="simpletir")}
     assert eps.get("python_tool") == "simpletir.plugins.tools.python_sandbox"
+
+
+@pytest.mark.parametrize(
+    ("text", "inside"),
+    [
+        (f"Compute it: {block('print(1)')}", False),  # opened mid-line: still a complete call
+        (f"{block('print(1)')}\n{FENCE}\n", True),  # then a bare opening fence
+        (f"{block(f'{FENCE}x = 1')}\n", False),  # a fence-like line inside the code
+        (f"{block('x = 1')}\nsee {FENCE}python\nprint(2)\n", True),
+    ],
+)
+def test_ends_inside_block_agrees_with_parse_call(text: str, inside: bool) -> None:
+    tool = PythonTool(SandboxConfig())
+    assert tool.ends_inside_block(text) is inside
+    if not inside:
+        assert tool.parse_call(text) is not None

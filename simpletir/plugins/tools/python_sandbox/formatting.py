@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from simpletir.core.types import ToolResult
 
-from .config import SandboxConfig
+from .config import DEFAULT_CODE_PATTERN, SandboxConfig
 
 
 @lru_cache(maxsize=32)
@@ -31,13 +31,21 @@ def find_code(text: str, pattern: str) -> str | None:
     return None if last is None else last.group(1)
 
 
-def ends_inside_block(text: str) -> bool:
-    """True when ``text`` ends inside an opened, unclosed fence (odd number of fence lines).
+_OPENING = re.compile(r"```[\w+-]*\n")
+
+
+def ends_inside_block(text: str, pattern: str = DEFAULT_CODE_PATTERN) -> bool:
+    """True when ``text`` ends inside an opened, unclosed fence: an opening fence (```` ``` ````
+    plus an optional tag and a newline) after the last complete block that ``pattern`` finds.
 
     A stop string such as ``"```\\n"`` also matches a bare *opening* fence; a rollout that
-    stopped there should keep generating instead of treating the turn as void."""
-    fences = sum(1 for line in text.splitlines() if line.lstrip().startswith("```"))
-    return fences % 2 == 1
+    stopped there should keep generating instead of treating the turn as void. Agrees with
+    :func:`find_code`: fences inside a complete block's code, or opened mid-line, count as
+    that block's."""
+    end = 0
+    for match in _compiled(pattern).finditer(text):
+        end = match.end()
+    return _OPENING.search(text, end) is not None
 
 
 def truncate(text: str, cfg: SandboxConfig) -> str:

@@ -29,6 +29,7 @@ SECCOMP_POLICY = (
     "ERRNO(1) { ptrace, process_vm_readv, process_vm_writev, unshare, setns, mount, umount, "
     "pivot_root, bpf, perf_event_open, userfaultfd, keyctl, add_key, request_key, kexec_load, "
     "init_module, finit_module, delete_module, swapon, swapoff, reboot, acct, quotactl, "
+    "io_uring_setup, io_uring_enter, io_uring_register, "
     # SysV and POSIX message-queue IPC objects outlive their creator in the jail's IPC
     # namespace (shared by every snippet of a worker): deny them rather than leak state.
     "shmget, shmat, shmctl, msgget, msgsnd, msgrcv, msgctl, semget, semop, semtimedop, semctl, "

@@ -34,7 +34,7 @@ class PythonTool:
 
     def ends_inside_block(self, turn_text: str) -> bool:
         """True when generation stopped inside an unclosed block (e.g. at a bare opening fence)."""
-        return formatting.ends_inside_block(turn_text)
+        return formatting.ends_inside_block(turn_text, self.cfg.code_pattern)
 
     async def start(self) -> None:
         await self.pool.start()

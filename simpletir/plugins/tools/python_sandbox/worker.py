@@ -4,19 +4,16 @@
 Run by the jail's own interpreter (``/usr/bin/python3 -E -s -B worker.py``, bind-mounted
 read-only from a copy outside /root), so it imports only the standard library.
 
-Why fork: a cold jailed ``python3`` costs ~11 ms more than a bare one and importing sympy costs
-300+ ms. The server imports the heavy modules once, then forks a child per snippet from the
-same pristine snapshot. Under nsjail the server is PID 1 of its own PID namespace: the kernel
-drops signals its descendants send it (no handler installed), orphans and setsid daemons are
-re-parented to it, ``kill(-1, SIGKILL)`` reaches every other process of the namespace and
-nothing outside it, and ``waitpid(-1)`` reporting no child left proves nothing of the run
-survived. The server is non-dumpable (no ptrace, no /proc/1/mem; seccomp denies ptrace too).
-/tmp and /dev/shm are emptied after every snippet.
+Why fork: a cold jailed ``python3`` costs ~11 ms more than a bare one, importing sympy 300+ ms.
+The server imports the heavy modules once and forks a child per snippet. Under nsjail it is
+PID 1 of its own PID namespace: the kernel drops signals its descendants send it (no handler
+installed), orphans and setsid daemons are re-parented to it, ``kill(-1, SIGKILL)`` reaches
+every other process of the namespace and nothing outside it, and ``waitpid(-1)`` reporting no
+child left proves nothing of the run survived. The server is non-dumpable (no ptrace, no
+/proc/1/mem; seccomp denies ptrace too). /tmp and /dev/shm are emptied after every snippet.
 
-The next child is forked from the server, so whatever the server holds is readable in that
-child's memory. The server therefore never parses or copies a snippet's code or output: both
-pass through buffers allocated once before the first fork (:class:`Buffers`), zeroed after
-every snippet.
+Whatever the server holds is readable in the next child's memory, so it never parses or
+copies a snippet's code or output: both pass through :class:`Buffers`, zeroed after each run.
 
 Protocol on the server's original stdin/stdout (moved away from fds 0/1 first):
   request  = u32 length + JSON {"code_bytes", "timeout_s", "cpu_s", "memory_mb",
@@ -36,7 +33,6 @@ import os
 import random
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -116,11 +112,8 @@ class Capture:
         return [head[: self.n_head], tail[self.pos :], tail[: self.pos]]
 
     def header(self, name):
-        return {
-            name + "_head": self.n_head,
-            name + "_tail": self.n_tail,
-            name + "_omitted": self.total - self.n_head - self.n_tail,
-        }
+        omitted = self.total - self.n_head - self.n_tail
+        return {name + "_head": self.n_head, name + "_tail": self.n_tail, name + "_omitted": omitted}
 
     def clear(self):
         self.head[: self.n_head] = self.zero[: self.n_head]
@@ -302,27 +295,33 @@ def finish(code):
     return code
 
 
-def wipe(path):
-    """Empty the scratch folder, whatever modes the snippet left on its files."""
-
-    def retry(func, target, _exc):
-        quietly(os.chmod, os.path.dirname(target) or target, 0o700)
-        quietly(os.chmod, target, 0o700)
-        quietly(func, target)
-
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
+def wipe(path, mode):
+    """Empty a scratch folder and reset its own mode, times and xattrs, whatever the snippet
+    left. Iterative, with relative names and one folder open at a time, so a tree deeper than
+    the fd limit, the recursion limit or PATH_MAX is emptied too (``shutil.rmtree`` is not)."""
+    quietly(os.chmod, path, 0o700)
+    if quietly(os.chdir, path) is False:
         return
-    for entry in entries:
-        try:
+    names = []  # the folders entered below ``path``
+    while True:
+        sub = None
+        for entry in quietly(lambda: list(os.scandir("."))) or ():
             if entry.is_dir(follow_symlinks=False):
-                os.chmod(entry.path, 0o700)
-                shutil.rmtree(entry.path, onerror=retry)
+                sub = sub or entry.name
             else:
-                os.unlink(entry.path)
-        except OSError:
-            retry(os.unlink, entry.path, None)
+                quietly(os.unlink, entry.name)
+        # Every folder here is the jail user's own: chmod and chdir cannot fail but on a bug.
+        if sub is not None and quietly(os.chmod, sub, 0o700) is None and quietly(os.chdir, sub) is None:
+            names.append(sub)
+            continue
+        if not names:
+            break
+        os.chdir("..")
+        quietly(os.rmdir, names.pop())
+    for name in quietly(os.listxattr, path) or ():
+        quietly(os.removexattr, path, name)
+    quietly(os.utime, path, (0, 0))
+    quietly(os.chmod, path, mode)
 
 
 def kill_everything(pgid, own_namespace):
@@ -459,8 +458,9 @@ def cleanup(spare, cfg, own_namespace, bufs):
     reap_all(own_namespace, time.monotonic() + 2.0)
     spare.close()
     bufs.clear()
-    for folder in cfg.get("scratch_dirs", [cfg["scratch"]]):
-        wipe(folder)
+    for folder, mode in cfg["scratch_modes"].items():
+        wipe(folder, mode)
+    quietly(os.chdir, cfg["scratch"])
 
 
 def children_cpu():
@@ -526,6 +526,8 @@ def main():
     gc.collect()
     gc.freeze()  # keeps the collector from touching (and copying) the snapshot in children
     set_name("sbx-server")
+    folders = cfg.get("scratch_dirs", [cfg["scratch"]])
+    cfg["scratch_modes"] = {d: os.stat(d).st_mode & 0o7777 for d in folders if os.path.isdir(d)}
     bufs = Buffers(int(cfg["capture_bytes"]))
     spare = Spare(cfg)
     send(proto_out, {"ready": True, "pid": os.getpid(), "namespace": own_namespace, "errors": errors})
