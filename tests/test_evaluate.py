@@ -100,6 +100,8 @@ def test_val_only_run_with_hf_tiny_qwen2(tmp_path: Path, shared_data_dir: Path) 
     config = eval_config(tmp_path, shared_data_dir)
     pm = make_plugin_manager(plugins=[("listener", Listener())])
     result = run_experiment(config, pm)
+    run_log_text = (tmp_path / "logs" / "evaltest.log").read_text()
+    assert "problems  pass@1" in run_log_text  # the summary table (its header row) is kept
 
     accuracy = json.loads((tmp_path / "logs" / "evaltest_accuracy.json").read_text())
     for key in (

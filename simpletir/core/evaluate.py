@@ -30,6 +30,7 @@ hears about a validation pass exactly once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from simpletir.core.plugins import SimpletirPluginManager
     from simpletir.core.rollout import PolicyEngine
     from simpletir.core.specs import Reward, Tool
+
+log = logging.getLogger(__name__)
 
 SCORE_CHUNK = 256  # verdicts per score_many call: a progress bar that moves, batches that stay big
 
@@ -389,7 +392,9 @@ def run_evaluation(
             (generation_record(g, t) for gs in by_benchmark.values() for g in gs for t in g.trajectories),
         )
         result["files"] = {"accuracy": str(accuracy), "generations": str(generations)}
-    print(summary_table(result))
+    table = summary_table(result)
+    print(table)
+    log.info("%s", table, extra={"file_only": True})  # stdout has it already; the run log keeps a copy
     if "files" in result:
         print(f"wrote {result['files']['accuracy']} and {result['files']['generations']}")
     return result
