@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
 
 
+def option(default: Any, help: str) -> Any:
+    """A config dataclass field with a help string (``simpletir config show --help-fields``).
+
+    Mutable defaults (lists, dicts) are wrapped in a factory, so instances never share them.
+    Plugins use it for their ``config_cls`` fields as the core schema does.
+    """
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """Config class for a component that takes no options."""

@@ -9,29 +9,25 @@ zero here is broken.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.data import sample_problems
 from simpletir.core.errors import ConfigError
+from simpletir.core.specs import option
 from simpletir.core.types import Message, Problem
 
 NAME = "arith"
-
-
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ArithOptions:
     """``plugin_config.arith``."""
 
-    size: int = _opt(16, "number of problems")
-    max_operand: int = _opt(99, "operands are drawn from 2..max_operand")
-    generator_seed: int = _opt(0, "seed of the problem generator (the set, not the subsample)")
+    size: int = option(16, "number of problems")
+    max_operand: int = option(99, "operands are drawn from 2..max_operand")
+    generator_seed: int = option(0, "seed of the problem generator (the set, not the subsample)")
 
     def __post_init__(self) -> None:
         if self.size < 1:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.data import dataset_path, describe_data_dir_search, read_parquet_problems, sample_problems
 from simpletir.core.errors import DataError
+from simpletir.core.specs import option
 from simpletir.core.types import Message, Problem
 
 SIMPLETIR_DATA_HINT = (
@@ -31,24 +32,20 @@ SIMPLETIR_DATA_HINT = (
 _LOCAL_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class BenchmarkOptions:
     """``plugin_config.<benchmark>``: where a file-backed benchmark reads its problems."""
 
-    source: Literal["local", "hub"] = _opt(
+    source: Literal["local", "hub"] = option(
         "local", "local: parquet under data_dir; hub: datasets.load_dataset"
     )
-    path: str | None = _opt(None, "explicit parquet file (overrides <data_dir>/<file>.parquet)")
-    hub_dataset: str | None = _opt(
+    path: str | None = option(None, "explicit parquet file (overrides <data_dir>/<file>.parquet)")
+    hub_dataset: str | None = option(
         None, "hub id or local file for source=hub (None = the benchmark's default)"
     )
-    hub_split: str | None = _opt(None, "split for source=hub (None = the benchmark's default)")
-    question_field: str = _opt("problem", "question column of hub rows not in SimpleTIR's schema")
-    answer_field: str = _opt("answer", "answer column of hub rows not in SimpleTIR's schema")
+    hub_split: str | None = option(None, "split for source=hub (None = the benchmark's default)")
+    question_field: str = option("problem", "question column of hub rows not in SimpleTIR's schema")
+    answer_field: str = option("answer", "answer column of hub rows not in SimpleTIR's schema")
 
 
 @dataclass(frozen=True)

