@@ -51,6 +51,7 @@ environment: SIMPLETIR_DATA_DIR (datasets), SIMPLETIR_BLOCK_PLUGINS, CONFIG_NAME
 _DELEGATED = {
     "sandbox": ("simpletir.plugins.tools.python_sandbox.cli", "run, check and benchmark the Python sandbox"),
     "score": ("simpletir.plugins.rewards.cli", "score responses against ground truths with a reward"),
+    "export": ("simpletir.core.trainer.export", "write a training checkpoint as a Hugging Face model folder"),
 }
 
 

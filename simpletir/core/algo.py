@@ -198,11 +198,14 @@ def policy_loss(
     loss_agg_mode: LossAggMode = "token-mean",
     max_response_length: int | None = None,
     denominator: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> PolicyLoss:
     """PPO clipped surrogate with clip-higher and dual clip, all ``[B, T]`` per token.
 
     ``l = max(-A r, -A clip(r, 1 - lo, 1 + hi))``; for ``A < 0`` additionally
     ``l = min(l, -A c)`` so a token whose ratio exploded cannot push the loss without bound.
+    ``token_weights`` (no gradient) multiply each token's loss before aggregation: the trainer
+    passes truncated importance weights for the rollout engine / trainer mismatch there.
     """
     if clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 (dual-clip lower bound), got {clip_ratio_c}")
@@ -224,6 +227,13 @@ def policy_loss(
     dual_bound = -adv * clip_ratio_c
     negative = adv < 0
     token_losses = torch.where(negative, torch.minimum(ppo, dual_bound), ppo)
+    if token_weights is not None:
+        if token_weights.shape != logprobs.shape:
+            raise ValueError(
+                f"token_weights shape {tuple(token_weights.shape)} must equal "
+                f"logprobs shape {tuple(logprobs.shape)}"
+            )
+        token_losses = token_losses * masked_fill_zero(token_weights.detach(), mask)
 
     loss = aggregate_loss(
         token_losses, mask, loss_agg_mode, max_response_length=max_response_length, denominator=denominator
@@ -306,13 +316,17 @@ def actor_loss(
     kl_coef: float = 0.0,
     kl_estimator: KLEstimator = "k3",
     logits: Tensor | None = None,
+    entropy: Tensor | None = None,
     entropy_coeff: float = 0.0,
+    token_weights: Tensor | None = None,
 ) -> ActorLoss:
     """The full per-(micro)batch objective. Defaults are SimpleTIR's train.sh values.
 
     The KL term is added when ``ref_logprobs`` is given (the trainer passes it only with
     ``use_kl_loss``); the entropy is computed when ``logits`` are given and subtracted with
-    weight ``entropy_coeff``. Both aggregate with the same ``loss_agg_mode`` as the policy loss.
+    weight ``entropy_coeff`` (or given directly as per-token ``entropy`` ``[B, T]``, as a backend
+    that never materialises full logits does). Both aggregate with the same ``loss_agg_mode`` as
+    the policy loss. ``token_weights`` reach :func:`policy_loss` only.
     """
     pg = policy_loss(
         logprobs,
@@ -325,6 +339,7 @@ def actor_loss(
         loss_agg_mode=loss_agg_mode,
         max_response_length=max_response_length,
         denominator=denominator,
+        token_weights=token_weights,
     )
 
     def aggregate(per_token: Tensor) -> Tensor:
@@ -340,10 +355,16 @@ def actor_loss(
         )
         kl_loss = aggregate(per_token)
         total = total + kl_coef * kl_loss
-    entropy = None
     if logits is not None:
         if logits.shape[:2] != mask.shape:
             raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] for a mask {tuple(mask.shape)}")
-        entropy = aggregate(entropy_from_logits(logits))
-        total = total - entropy_coeff * entropy
-    return ActorLoss(loss=total, policy=pg, kl_loss=kl_loss, entropy=entropy)
+        entropy = entropy_from_logits(logits)
+    mean_entropy = None
+    if entropy is not None:
+        if entropy.shape != mask.shape:
+            raise ValueError(
+                f"entropy {tuple(entropy.shape)} must equal the mask's shape {tuple(mask.shape)}"
+            )
+        mean_entropy = aggregate(entropy)
+        total = total - entropy_coeff * mean_entropy
+    return ActorLoss(loss=total, policy=pg, kl_loss=kl_loss, entropy=mean_entropy)

@@ -108,13 +108,19 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], max_response_length: int)
     n = len(trajectories)
     code_use = [t.num_tool_calls / t.num_turns if t.num_turns else 0.0 for t in trajectories]
     solved_counts = [(sum(solved(t) for t in g.trajectories), len(g.trajectories)) for g in groups]
+    lengths = [len(t.response_ids) for t in trajectories]
+    clipped = sum(hit_length_cap(t, max_response_length) for t in trajectories)
     return {
+        "reward/mean": sum(t.score for t in trajectories) / n if n else 0.0,
+        "reward/accuracy": sum(solved(t) for t in trajectories) / n if n else 0.0,
+        "response_length/mean": sum(lengths) / n if n else 0.0,
+        "response_length/max": float(max(lengths, default=0)),
+        "response_length/clip_ratio": clipped / n if n else 0.0,
+        "env/tool_calls/mean": sum(t.num_tool_calls for t in trajectories) / n if n else 0.0,
         "env/void_turn_ratio": sum(t.has_void_turn for t in trajectories) / n if n else 0.0,
         "env/code_use_ratio": sum(code_use) / n if n else 0.0,
         "env/num_turns/mean": sum(t.num_turns for t in trajectories) / n if n else 0.0,
-        "batch/response_clip_number": float(
-            sum(hit_length_cap(t, max_response_length) for t in trajectories)
-        ),
+        "batch/response_clip_number": float(clipped),
         "batch/solve_none": float(sum(s == 0 for s, size in solved_counts if size)),
         "batch/solve_all": float(sum(s == size for s, size in solved_counts if size)),
     }

@@ -69,6 +69,15 @@ class AlgorithmConfig:
     kl_estimator: Literal["k1", "k3"] = option("k3", "KL estimator")
     entropy_coeff: float = option(0.0, "entropy bonus weight")
     lr: float = option(1e-6, "actor learning rate")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas")
+    weight_decay: float = option(0.01, "AdamW weight decay (verl's actor default)")
+    warmup_steps: int = option(0, "optimiser steps of linear learning-rate warm-up from 0 (0 = none)")
+    recompute_old_logprobs: bool = option(
+        True, "recompute the old policy's log-probs with the trainer (False = use the engine's)"
+    )
+    tis_cap: float = option(
+        2.0, "truncated importance sampling on the trainer/engine ratio, capped here (0 = off)"
+    )
     ppo_mini_batch_size: int = option(128, "prompts per optimiser step")
     ppo_epochs: int = option(1, "passes over each rollout batch")
     overlong_buffer_len: int = option(0, "DAPO soft overlong penalty buffer in tokens (0 = off)")
@@ -81,6 +90,12 @@ class TrainerConfig:
     tensor_parallel_size: int = option(1, "Megatron tensor parallel size")
     device: str = option("auto", "auto, cpu or cuda")
     micro_batch_size: int = option(4, "sequences per forward/backward")
+    micro_batch_tokens: int = option(
+        0, "token budget of one micro-batch (rows x padded length); 0 = micro_batch_size alone decides"
+    )
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory)")
+    keep_checkpoints: int = option(2, "checkpoints kept; older ones are removed once a new one is complete")
+    weight_sync_bucket_mb: int = option(512, "megabytes of weights sent to the rollout engine per call")
     loggers: list[str] = option(
         ["console", "jsonl"],
         "where step metrics go: console (stderr and logs/<name>.log), jsonl (<run_dir>/metrics.jsonl), "
@@ -119,6 +134,9 @@ class ExperimentConfig:
     oversample: int = option(3, "draw train_batch_size x oversample prompts, keep train_batch_size groups")
     max_draws: int = option(3, "rollouts per step to refill train_batch_size groups after filters (1 = none)")
     total_epochs: int = option(100, "passes over the training set")
+    total_training_steps: int | None = option(
+        None, "stop after this many training steps (None = total_epochs passes over the training set)"
+    )
     grad_clip: float = option(1.0, "gradient norm clip")
     remove_clip: bool = option(False, "mask trajectories truncated at max_response_length")
     start_clip_step: int = option(20, "step from which remove_clip applies")
@@ -129,6 +147,7 @@ class ExperimentConfig:
     output_acc_to_file: bool = option(False, "write logs/<run>_accuracy.json and _generations.jsonl")
     save_freq: int = option(20, "checkpoint every N steps (-1 = never)")
     test_freq: int = option(10, "validate every N steps (-1 = never)")
+    val_before_train: bool = option(True, "validate once before the first training step")
     resume: bool = option(False, "resume from the latest checkpoint (env RESUME=True)")
     logs_dir: str = option("logs", "folder for accuracy, generations and step logs")
     runs_dir: str = option("runs", "folder holding one run directory per run: runs/<experiment_name>")

@@ -297,6 +297,8 @@ _POSITIVE = (
     "trainer.tensor_parallel_size",
     "algorithm.ppo_mini_batch_size",
     "algorithm.ppo_epochs",
+    "trainer.keep_checkpoints",
+    "trainer.weight_sync_bucket_mb",
 )
 
 
@@ -318,6 +320,7 @@ def check_ranges(config: ExperimentConfig) -> None:
         )
     if config.grad_clip <= 0:
         raise ConfigError(f"grad_clip must be positive, got {config.grad_clip}")
+    check_training_ranges(config)
     if config.val_sample_size == 0 or config.val_sample_size < -1:
         raise ConfigError(
             f"val_sample_size must be -1 (all) or a positive count, got {config.val_sample_size}"
@@ -341,6 +344,43 @@ def check_ranges(config: ExperimentConfig) -> None:
             f"rollout.prompt_template is not a valid format string ({exc!r}); "
             "write literal braces doubled: {{ }}"
         ) from exc
+
+
+def check_training_ranges(config: ExperimentConfig) -> None:
+    """The trainer's own keys: steps, optimiser, batch arithmetic (only what the types allow)."""
+    import math
+
+    if config.total_training_steps is not None and config.total_training_steps < 1:
+        raise ConfigError(
+            "total_training_steps must be at least 1 (or null for total_epochs), "
+            f"got {config.total_training_steps}"
+        )
+    a = config.algorithm
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        raise ConfigError(f"algorithm.lr must be a positive number, got {a.lr}")
+    if len(a.betas) != 2 or not all(0.0 <= b < 1.0 for b in a.betas):
+        raise ConfigError(f"algorithm.betas must be two numbers in [0, 1), got {list(a.betas)}")
+    for key in ("weight_decay", "tis_cap", "kl_coef", "entropy_coeff"):
+        value = getattr(a, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"algorithm.{key} must be a finite number >= 0, got {value}")
+    if a.warmup_steps < 0:
+        raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {a.warmup_steps}")
+    if config.trainer.micro_batch_tokens < 0:
+        raise ConfigError(
+            f"trainer.micro_batch_tokens must be >= 0 (0 = off), got {config.trainer.micro_batch_tokens}"
+        )
+    if config.save_freq == 0 or config.save_freq < -1:
+        raise ConfigError(f"save_freq must be -1 (never) or a positive step count, got {config.save_freq}")
+    if config.test_freq == 0 or config.test_freq < -1:
+        raise ConfigError(f"test_freq must be -1 (never) or a positive step count, got {config.test_freq}")
+    if config.val_only:
+        return
+    if config.train_batch_size % a.ppo_mini_batch_size and a.ppo_mini_batch_size < config.train_batch_size:
+        raise ConfigError(
+            f"algorithm.ppo_mini_batch_size={a.ppo_mini_batch_size} must divide "
+            f"train_batch_size={config.train_batch_size} (both count prompts)"
+        )
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -30,6 +30,7 @@ hears about a validation pass exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -56,7 +57,7 @@ from simpletir.core.types import Problem, Trajectory, TrajectoryGroup
 
 if TYPE_CHECKING:
     from simpletir.core.plugins import SimpletirPluginManager
-    from simpletir.core.rollout import PolicyEngine
+    from simpletir.core.rollout import PolicyEngine, RolloutRunner
     from simpletir.core.specs import Reward, Tool
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,23 @@ SCORE_CHUNK = 256  # verdicts per score_many call: a progress bar that moves, ba
 
 
 # -- 1. problems ------------------------------------------------------------------------------
-def load_benchmarks(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, list[Problem]]:
-    """``{benchmark name: problems}`` for ``config.valid_datasets``, in the order given."""
+def load_benchmarks(
+    config: ExperimentConfig, pm: SimpletirPluginManager, *, split: str = "valid"
+) -> dict[str, list[Problem]]:
+    """``{benchmark name: problems}`` for ``config.valid_datasets`` (a seeded subsample of
+    ``val_sample_size`` each) or, with ``split="train"``, every problem of ``config.train_datasets``."""
     registry = pm.registry()
     data_dir = resolve_data_dir(config.data_dir)
-    limit = None if config.val_sample_size < 0 else config.val_sample_size
+    training = split == "train"
+    limit = None if training or config.val_sample_size < 0 else config.val_sample_size
+    key_name = "train_dataset" if training else "valid_dataset"
     loaded: dict[str, list[Problem]] = {}
-    for name in config.valid_datasets:
+    for name in config.train_datasets if training else config.valid_datasets:
         spec = registry.find_benchmark(name)
         key = spec.name if spec is not None else name
         if key in loaded:
             print(
-                f"simpletir: note: valid_dataset names {key!r} twice (once as {name!r}); evaluating it once",
+                f"simpletir: note: {key_name} names {key!r} twice (once as {name!r}); using it once",
                 file=sys.stderr,
             )
             continue
@@ -93,9 +99,10 @@ def load_benchmarks(config: ExperimentConfig, pm: SimpletirPluginManager) -> dic
             )
         loaded[key] = problems
     if not any(loaded.values()):
+        value = config.train_dataset if training else config.valid_dataset
         raise ConfigError(
-            f"nothing to evaluate: valid_dataset={config.valid_dataset!r} with "
-            f"val_sample_size={config.val_sample_size} gives no problems"
+            f"{key_name}={value!r} gives no problems"
+            + ("" if training else f" with val_sample_size={config.val_sample_size}")
         )
     return loaded
 
@@ -124,7 +131,7 @@ def score_groups(
     """The groups with every trajectory's ``reward`` filled, via ``reward.score_many`` in chunks."""
     items = [(scoring_text(t), g.problem.ground_truth) for g in groups for t in g.trajectories]
     verdicts = []
-    with tqdm(total=len(items), desc="reward", unit="verdict", disable=not progress) as bar:
+    with tqdm(total=len(items), desc="reward", unit="verdict", disable=not progress, leave=False) as bar:
         for start in range(0, len(items), SCORE_CHUNK):
             chunk = items[start : start + SCORE_CHUNK]
             results = reward.score_many(chunk)
@@ -219,7 +226,7 @@ def summary_table(result: dict[str, Any]) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def _build_tools(config: ExperimentConfig, pm: SimpletirPluginManager) -> list[Tool]:
+def build_tools(config: ExperimentConfig, pm: SimpletirPluginManager) -> list[Tool]:
     return [pm.build("tool", name, config) for name in config.tools] if config.tool_use else []
 
 
@@ -227,16 +234,14 @@ def _warn_close(what: str, exc: Exception) -> None:
     print(f"simpletir: warning: closing the {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-async def _rollout(
-    runner: Any, problems: list[Problem], n: int, owned_tools: Sequence[Tool], on_group: Any
-) -> list[TrajectoryGroup]:
-    """The rollout, then the closing of the tools it used, in one event loop.
+async def with_tools_closed(work: Any, owned_tools: Sequence[Tool]) -> Any:
+    """Await ``work``, then close the tools it used, in the same event loop.
 
     A tool's subprocess transports belong to the loop that made them; closed from another loop
     they are torn down by the garbage collector later ("Event loop is closed").
     """
     try:
-        return await runner.arun(problems, n=n, training=False, on_group=on_group)
+        return await work
     finally:
         for tool in reversed(owned_tools):
             try:
@@ -245,15 +250,18 @@ async def _rollout(
                 _warn_close(f"tool {tool.name!r}", exc)
 
 
-def _close_all(closers: list[tuple[str, Any]]) -> None:
-    """Close in reverse order of building; one failing close neither hides the others nor the error."""
-    for what, close in reversed(closers):
-        try:
-            outcome = close()
-            if asyncio.iscoroutine(outcome):
-                asyncio.run(outcome)
-        except Exception as exc:  # reported; the next component is still closed
-            _warn_close(what, exc)
+def close_unused_tools(tools: Sequence[Tool], handed: list[bool]) -> None:
+    if not handed:
+        for tool in reversed(tools):
+            closing(f"tool {tool.name!r}", lambda tool=tool: asyncio.run(tool.aclose()))
+
+
+def closing(what: str, close: Any) -> None:
+    """Close one component; a failing close neither hides the others nor the error in flight."""
+    try:
+        close()
+    except Exception as exc:
+        _warn_close(what, exc)
 
 
 def _open_journal(config: ExperimentConfig, benchmarks: dict[str, list[Problem]]) -> EvalJournal | None:
@@ -273,82 +281,62 @@ def _open_journal(config: ExperimentConfig, benchmarks: dict[str, list[Problem]]
     return journal
 
 
-def run_evaluation(
+async def evaluate_async(
     config: ExperimentConfig,
-    pm: SimpletirPluginManager,
+    benchmarks: dict[str, list[Problem]],
+    reward: Reward,
     *,
-    engine: PolicyEngine | None = None,
-    tools: Sequence[Tool] | None = None,
-    reward: Reward | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``config.model_name`` on ``config.valid_datasets``; returns the accuracy dict.
+    runner: RolloutRunner | None,
+    journal: EvalJournal | None = None,
+    seed_round: object = None,
+    desc: str = "problems",
+) -> tuple[dict[str, Any], dict[str, list[TrajectoryGroup]]]:
+    """Roll out what ``journal`` lacks, score everything, compute the metrics.
 
-    ``engine`` / ``tools`` / ``reward`` may be passed in (tests, embedding); those are then the
-    caller's to close. Whatever this function builds, it closes.
+    The core shared by ``val_only`` runs and the trainer's periodic validation, which calls it
+    on its long-lived event loop with its own warm engine and sandbox (``runner``; None only
+    when the journal already holds every group). Returns the result dict and the scored groups
+    per benchmark; writes no file.
     """
     started = time.monotonic()
-    benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
     keyed = [(name, p) for name, ps in benchmarks.items() for p in ps]
-    closers: list[tuple[str, Any]] = []
-    owned_tools: list[Tool] = []
-    rollout_started = False
-    journal = _open_journal(config, benchmarks)  # a journal of another configuration fails fast too
     done: dict[tuple[str, str], TrajectoryGroup] = dict(journal.done) if journal else {}
     todo = [(name, p) for name, p in keyed if (name, p.id) not in done]
-    if journal is not None:
-        closers.append(("journal", journal.close))
     rollout_s = 0.0
-    try:
-        if reward is None:
-            reward = pm.build("reward", config.reward, config)
-            closers.append(("reward", reward.close))
-        warm_up = getattr(reward, "warm_up", None)
-        if callable(warm_up):
-            warm_up()  # verification workers load sympy while the model loads
-        if todo:  # nothing left to roll out (a finished run resumed): no engine, no tools
-            if tools is None:
-                tools = owned_tools = _build_tools(config, pm)
-            if engine is None:
-                from simpletir.core.rollout import build_engine
+    if todo:
+        if runner is None:
+            raise RuntimeError("evaluate_async: groups left to roll out but no runner was given")
+        bar = tqdm(
+            total=len(keyed),
+            initial=len(done),
+            desc=desc + (f" ({len(done)} resumed)" if done else ""),
+            unit="group",
+            disable=not config.rollout.progress,
+            leave=seed_round is None,  # a val_only run keeps its bar; a training run's validations do not
+        )
 
-                engine = build_engine(config)
-                closers.append(("engine", engine.close))
-            from simpletir.core.rollout import RolloutRunner
+        def finished(i: int, group: TrajectoryGroup) -> None:
+            name = todo[i][0]
+            if journal is not None:
+                journal.append(name, group)  # on disk (fsynced) before the rollout goes on
+            done[(name, group.problem.id)] = group
+            bar.update(1)
 
-            runner = RolloutRunner(engine, tools, config)
-            bar = tqdm(
-                total=len(keyed),
-                initial=len(done),
-                desc="problems" + (f" ({len(done)} resumed)" if done else ""),
-                unit="group",
-                disable=not config.rollout.progress,
-            )
-
-            def finished(i: int, group: TrajectoryGroup) -> None:
-                name = todo[i][0]
-                if journal is not None:
-                    journal.append(name, group)  # on disk (fsynced) before the rollout goes on
-                done[(name, group.problem.id)] = group
-                bar.update(1)
-
-            t0 = time.monotonic()
-            rollout_started = True  # from here on, _rollout closes the tools inside its event loop
-            try:
-                asyncio.run(_rollout(runner, [p for _, p in todo], config.n_val, owned_tools, finished))
-            finally:
-                bar.close()
-            rollout_s = time.monotonic() - t0
-        # Problem order, each group with the problem as loaded now (equal to the journal's).
-        groups = [TrajectoryGroup(p, done[(name, p.id)].trajectories) for name, p in keyed]
         t0 = time.monotonic()
-        groups = score_groups(groups, reward, progress=config.rollout.progress)
-        reward_s = time.monotonic() - t0
-    finally:
-        if not rollout_started:  # failed before the rollout: the tools were never used in a loop
-            closers = [(f"tool {t.name!r}", t.aclose) for t in owned_tools] + closers
-        _close_all(closers)
+        try:
+            await runner.arun(
+                [p for _, p in todo], n=config.n_val, training=False, on_group=finished, seed_round=seed_round
+            )
+        finally:
+            bar.close()
+        rollout_s = time.monotonic() - t0
+    # Problem order, each group with the problem as loaded now (equal to the journal's).
+    groups = [TrajectoryGroup(p, done[(name, p.id)].trajectories) for name, p in keyed]
+    t0 = time.monotonic()
+    groups = await asyncio.to_thread(score_groups, groups, reward, progress=config.rollout.progress)
+    reward_s = time.monotonic() - t0
 
-    # The runner returns groups in problem order, so positions map them back to benchmarks.
+    # Groups are in problem order, so positions map them back to benchmarks.
     by_benchmark: dict[str, list[TrajectoryGroup]] = {}
     position = 0
     for name, ps in benchmarks.items():
@@ -383,15 +371,73 @@ def run_evaluation(
             "total_s": time.monotonic() - started,
         },
     }
+    return result, by_benchmark
+
+
+def write_evaluation_files(
+    result: dict[str, Any], by_benchmark: dict[str, list[TrajectoryGroup]], accuracy: Path, generations: Path
+) -> dict[str, str]:
+    """The accuracy JSON and one generations line per sample, each written atomically."""
+    atomic_write_json(accuracy, result)
+    atomic_write_jsonl(
+        generations,
+        (generation_record(g, t) for gs in by_benchmark.values() for g in gs for t in g.trajectories),
+    )
+    return {"accuracy": str(accuracy), "generations": str(generations)}
+
+
+def run_evaluation(
+    config: ExperimentConfig,
+    pm: SimpletirPluginManager,
+    *,
+    engine: PolicyEngine | None = None,
+    tools: Sequence[Tool] | None = None,
+    reward: Reward | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``config.model_name`` on ``config.valid_datasets``; returns the accuracy dict.
+
+    ``engine`` / ``tools`` / ``reward`` may be passed in (tests, embedding); those are then the
+    caller's to close. Whatever this function builds, it closes.
+    """
+    started = time.monotonic()
+    benchmarks = load_benchmarks(config, pm)  # before anything heavy: a missing file fails fast
+    journal = _open_journal(config, benchmarks)  # a journal of another configuration fails fast too
+    todo = journal is None or len(journal.done) < sum(len(ps) for ps in benchmarks.values())
+    with contextlib.ExitStack() as stack:
+        if journal is not None:
+            stack.callback(closing, "journal", journal.close)
+        if reward is None:
+            reward = pm.build("reward", config.reward, config)
+            stack.callback(closing, "reward", reward.close)
+        warm_up = getattr(reward, "warm_up", None)
+        if callable(warm_up):
+            warm_up()  # verification workers load sympy while the model loads
+        runner = None
+        owned_tools: list[Tool] = []
+        handed: list[bool] = []  # non-empty once the rollout's event loop owns the tools
+        if todo:  # nothing left to roll out (a finished run resumed): no engine, no tools
+            if tools is None:
+                tools = owned_tools = build_tools(config, pm)
+                # Until the rollout's loop owns them, a failure (the engine's start) closes them here.
+                stack.callback(close_unused_tools, owned_tools, handed)
+            if engine is None:
+                from simpletir.core.rollout import build_engine
+
+                engine = build_engine(config)
+                stack.callback(closing, "engine", engine.close)
+            from simpletir.core.rollout import RolloutRunner
+
+            runner = RolloutRunner(engine, tools, config)
+        work = evaluate_async(config, benchmarks, reward, runner=runner, journal=journal)
+        handed.append(True)
+        result, by_benchmark = asyncio.run(with_tools_closed(work, owned_tools))
+    result["timings"]["total_s"] = time.monotonic() - started
     if config.output_acc_to_file:
         logs = Path(config.logs_dir)
         run = config.run_name
-        accuracy = atomic_write_json(logs / f"{run}_accuracy.json", result)
-        generations = atomic_write_jsonl(
-            logs / f"{run}_generations.jsonl",
-            (generation_record(g, t) for gs in by_benchmark.values() for g in gs for t in g.trajectories),
+        result["files"] = write_evaluation_files(
+            result, by_benchmark, logs / f"{run}_accuracy.json", logs / f"{run}_generations.jsonl"
         )
-        result["files"] = {"accuracy": str(accuracy), "generations": str(generations)}
     table = summary_table(result)
     print(table)
     log.info("%s", table, extra={"file_only": True})  # stdout has it already; the run log keeps a copy

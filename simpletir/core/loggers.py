@@ -116,9 +116,39 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def format_report(report: StepReport) -> str:
-    """``[val] step 3 epoch 0 | pass@1=0.25 avg_turns=2.1``: every metric, in report order."""
-    metrics = " ".join(f"{key}={_number(value)}" for key, value in report.metrics.items())
+# A training step reports ~60 metrics; the console shows these (when present), metrics.jsonl all.
+CONSOLE_TRAIN_KEYS = (
+    ("reward/mean", "reward"),
+    ("reward/accuracy", "acc"),
+    ("response_length/mean", "len"),
+    ("env/num_turns/mean", "turns"),
+    ("env/void_turn_ratio", "void"),
+    ("batch/effective_batch_size", "groups"),
+    ("actor/pg_loss", "pg_loss"),
+    ("actor/grad_norm", "grad_norm"),
+    ("actor/entropy", "entropy"),
+    ("rollout/logprob_diff_mean", "mismatch"),
+    ("timing/step_s", "step_s"),
+)
+CONSOLE_VAL_KEYS = (
+    ("pass@1", "pass@1"),
+    ("answer_rate", "answered"),
+    ("avg_turns", "turns"),
+    ("timing/val_s", "val_s"),
+)
+
+
+def format_report(report: StepReport, *, compact: bool = False) -> str:
+    """``[val] step 3 epoch 0 | pass@1=0.25 avg_turns=2.1``: every metric, in report order.
+
+    ``compact``: only the headline metrics of :data:`CONSOLE_TRAIN_KEYS` / :data:`CONSOLE_VAL_KEYS`
+    (a report without any of them is printed whole)."""
+    items: list[tuple[str, float]] = list(report.metrics.items())
+    if compact:
+        keys = CONSOLE_VAL_KEYS if report.phase == "val" else CONSOLE_TRAIN_KEYS
+        picked = [(short, report.metrics[key]) for key, short in keys if key in report.metrics]
+        items = picked or items
+    metrics = " ".join(f"{key}={_number(value)}" for key, value in items)
     return f"[{report.phase}] step {report.step} epoch {report.epoch} | {metrics or '(no metrics)'}"
 
 
@@ -129,7 +159,8 @@ class ConsoleLogger:
         self._logger = logger or logging.getLogger("simpletir.metrics")
 
     def log(self, report: StepReport) -> None:
-        self._logger.info(format_report(report))
+        # Compact for training runs (one short line per step); a val_only run's single report whole.
+        self._logger.info(format_report(report, compact=report.phase == "train" or "step" in report.metrics))
 
     def close(self) -> None:
         pass

@@ -97,8 +97,12 @@ class PolicyEngine(abc.ABC):
         """Sample a continuation of ``prompt_ids``."""
 
     @abc.abstractmethod
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new policy weights (HF parameter names) into the engine; later requests use them."""
+    def update_weights(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int | None = None
+    ) -> None:
+        """Load new policy weights (HF parameter names) into the engine; later requests use them.
+
+        ``bucket_bytes`` bounds how much is copied at once where the engine copies (vLLM)."""
 
     @abc.abstractmethod
     def close(self) -> None:

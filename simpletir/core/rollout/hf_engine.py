@@ -131,7 +131,9 @@ class HFEngine(PolicyEngine):
                 out = self.model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
         return Generation(tuple(tokens), tuple(logprobs), finish, stop_string)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int | None = None
+    ) -> None:
         import torch
 
         # state_dict (not named_parameters) so tied names such as lm_head.weight are accepted.

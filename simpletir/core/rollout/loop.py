@@ -196,8 +196,14 @@ class RolloutRunner:
         training: bool = False,
         *,
         on_group: OnGroup | None = None,
+        seed_round: object = None,
     ) -> list[TrajectoryGroup]:
         """``n`` trajectories per problem (default ``rollout.n`` when training, else ``n_val``).
+
+        Each request's seed derives from ``config.seed``, the problem, the sample and the
+        *round*: by default a counter of this runner's calls; the trainer passes its own key
+        (``("train", step, draw)``) so that a resumed run samples exactly what the uninterrupted
+        run sampled at the same step.
 
         ``on_group(i, group)``, when given, is called (and awaited, if it returns an awaitable)
         as soon as all ``n`` trajectories of ``problems[i]`` are done, while the other problems
@@ -208,13 +214,15 @@ class RolloutRunner:
             n = self.config.rollout.n if training else self.config.n_val
         if n < 1:
             raise ConfigError(f"n={n} samples per problem must be >= 1")
-        call = next(self._calls)  # later calls sample differently, yet reproducibly
+        # later calls sample differently, yet reproducibly
+        call = next(self._calls) if seed_round is None else seed_round
         semaphore = asyncio.Semaphore(self.config.rollout.max_concurrency)
         bar = tqdm(
             total=len(problems) * n,
             desc="rollout" if training else "rollout (val)",
             unit="traj",
             disable=not self.config.rollout.progress,
+            leave=False,  # transient: the run's own lines (step metrics, tables) are what stays
         )
 
         async def one(problem: Problem, prompt: tuple[list[int], str], k: int) -> Trajectory:

