@@ -139,7 +139,7 @@ def test_training_says_the_trainer_stage_is_missing(
         "valid_dataset=simplelr_math_35/test",
     )
     assert code == 2
-    assert "the trainer stage (issue: roadmap) is not available yet" in err
+    assert "the trainer stage is not available yet" in err
 
 
 def test_run_dispatches_val_only_to_evaluation(
@@ -152,7 +152,7 @@ def test_run_dispatches_val_only_to_evaluation(
     code, out, err = run_cli(
         capsys,
         "run",
-        "quickstart_cpu",
+        "eval_cpu",
         f"runs_dir={tmp_path}",
         f"logs_dir={tmp_path / 'logs'}",
         f"data_dir={shared_data_dir}",
@@ -160,7 +160,7 @@ def test_run_dispatches_val_only_to_evaluation(
         *NO_TOOLS,
     )
     assert code == 0, err
-    run_dir = tmp_path / "quickstart_cpu"
+    run_dir = tmp_path / "eval_cpu"
     assert json.loads(out)["run_dir"] == str(run_dir) and calls[0].run_dir == str(run_dir)
     assert yaml.safe_load((run_dir / CONFIG_FILE).read_text())["valid_dataset"] == "deepscaler/aime"
     versions = json.loads((run_dir / PLUGINS_FILE).read_text())
@@ -170,7 +170,7 @@ def test_run_dispatches_val_only_to_evaluation(
     again = run_cli(
         capsys,
         "run",
-        "quickstart_cpu",
+        "eval_cpu",
         f"runs_dir={tmp_path}",
         f"logs_dir={tmp_path / 'logs'}",
         f"data_dir={shared_data_dir}",
@@ -178,7 +178,7 @@ def test_run_dispatches_val_only_to_evaluation(
         *NO_TOOLS,
     )
     assert again[0] == 0, again[2]
-    assert (tmp_path / "quickstart_cpu-2" / CONFIG_FILE).is_file()
+    assert (tmp_path / "eval_cpu-2" / CONFIG_FILE).is_file()
 
 
 def test_missing_evaluation_stage_is_named(
@@ -188,7 +188,7 @@ def test_missing_evaluation_stage_is_named(
     code, _, err = run_cli(
         capsys,
         "run",
-        "quickstart_cpu",
+        "eval_cpu",
         f"runs_dir={tmp_path}",
         f"data_dir={shared_data_dir}",
         "valid_dataset=deepscaler/aime",
@@ -284,7 +284,7 @@ def test_example_plugin_passes_config_checks(example_plugin_path: Path) -> None:
         example_plugin_path,
         "config",
         "show",
-        "quickstart_cpu",
+        "eval_cpu",
         "valid_dataset=arith/easy",
         "plugin_config.arith_easy.size=8",
         *NO_TOOLS,
@@ -295,7 +295,7 @@ def test_example_plugin_passes_config_checks(example_plugin_path: Path) -> None:
         example_plugin_path,
         "config",
         "show",
-        "quickstart_cpu",
+        "eval_cpu",
         "valid_dataset=arith_easy",
         "plugin_config.arith_easy.sise=8",
         *NO_TOOLS,
@@ -316,7 +316,7 @@ def run_evaluation(config, pm):
 mod.run_evaluation = run_evaluation
 sys.modules["simpletir.core.evaluate"] = mod
 from simpletir.cli import main
-argv = ["run", "quickstart_cpu", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
+argv = ["run", "eval_cpu", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
 raise SystemExit(main([*argv, "runs_dir={tmp_path}", "logs_dir={tmp_path / "logs"}"]))
 """
     env = {
@@ -331,7 +331,7 @@ raise SystemExit(main([*argv, "runs_dir={tmp_path}", "logs_dir={tmp_path / "logs
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["n_problems"] == 3 and result["first"].startswith("What is")
-    versions = json.loads((tmp_path / "quickstart_cpu" / PLUGINS_FILE).read_text())
+    versions = json.loads((tmp_path / "eval_cpu" / PLUGINS_FILE).read_text())
     assert any(p["distribution"] == "simpletir-example-plugin" for p in versions["plugins"])
 
 

@@ -24,7 +24,7 @@ from simpletir.core.errors import ConfigError, DataError, PluginError
 from simpletir.core.plugins import make_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["quickstart_cpu", "simpletir_trainer", "single_turn_math", "eval"]
+SHIPPED = ["quickstart_cpu", "eval_cpu", "simpletir_trainer", "single_turn_math", "eval"]
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
@@ -251,8 +251,16 @@ def test_single_turn_config_is_single_turn() -> None:
 
 def test_quickstart_is_small_and_cpu_friendly() -> None:
     config = load_config(resolve_config_path(None, environ={}), environ={})
-    assert config.experiment_name == "quickstart_cpu" and config.val_only
+    assert config.experiment_name == "quickstart_cpu" and not config.val_only  # the main job trains
     assert config.model_name == "smollm2-135m" and config.rollout.gpu_memory_utilization <= 0.3
+    assert config.total_training_steps is not None and config.total_training_steps <= 5
+    assert config.train_batch_size * config.rollout.n <= 64 and config.max_response_length <= 512
+    assert config.train_datasets == ["arith_train"] and config.valid_datasets == ["arith"]  # held out
+
+
+def test_eval_quickstart_is_small_and_cpu_friendly() -> None:
+    config = load_config(resolve_config_path("eval_cpu", environ={}), environ={})
+    assert config.experiment_name == "eval_cpu" and config.val_only
     assert 0 < config.val_sample_size <= 8 and config.max_response_length <= 512
 
 

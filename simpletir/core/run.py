@@ -4,7 +4,7 @@ The stages live in their own modules and are imported only when a run needs them
 missing stage is reported by name (:class:`StageUnavailableError`) instead of pretending:
 
 * ``val_only=True``  -> :func:`simpletir.core.evaluate.run_evaluation`
-* training           -> :func:`simpletir.core.trainer.run_training` (on the roadmap, not built yet)
+* training           -> :func:`simpletir.core.trainer.run_training`
 
 The run directory (``<runs_dir>/<experiment_name>``) holds the resolved config, the plugin
 versions and the final metrics; every file is written atomically. While the run goes, every
@@ -42,7 +42,7 @@ PLUGINS_FILE = "plugins.json"
 RESULT_FILE = "result.json"
 
 EVALUATION_STAGE = ("simpletir.core.evaluate", "run_evaluation", "evaluation (val_only) stage, issue 5")
-TRAINING_STAGE = ("simpletir.core.trainer", "run_training", "trainer stage (issue: roadmap)")
+TRAINING_STAGE = ("simpletir.core.trainer", "run_training", "trainer stage")
 
 
 def load_stage(

@@ -128,11 +128,34 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
         handed.append(True)
         metrics = asyncio.run(with_tools_closed(train(trainer), tools))
     latest = ckpt.find_latest(root)
+    report_files(config, trainer.step, latest)
     return {
         **metrics,
         "steps": trainer.step,
         "checkpoint": str(latest) if latest else None,
     }
+
+
+def report_files(config: ExperimentConfig, steps: int, latest: Path | None) -> None:
+    """The last lines of a training run: where everything went, and what to do next."""
+    from simpletir.core.loggers import METRICS_FILE, run_log_path
+
+    assert config.run_dir is not None
+    logs = Path(config.logs_dir)
+    validations = sorted(logs.glob(f"{config.run_name}_val_epoch_*.json"), key=lambda p: p.stat().st_mtime)
+    lines = [
+        f"trained {steps} steps",
+        f"  step metrics:  {Path(config.run_dir) / METRICS_FILE}",
+        f"  validation:    {validations[-1] if validations else '(none: test_freq=-1)'}",
+        f"  checkpoint:    {latest or '(none: save_freq=-1)'}",
+        f"  run log:       {run_log_path(config)}",
+    ]
+    if latest is not None:
+        lines.append(
+            f"  export:        simpletir export --ckpt_path {latest} --output_path models/{config.run_name}"
+        )
+        lines.append(f"  continue:      RESUME=True simpletir-run ... total_training_steps={steps + 1}")
+    log.info("%s", "\n".join(lines))
 
 
 def replay_lost_report(trainer: Any, state: dict[str, Any]) -> None:

@@ -94,7 +94,7 @@ def resume_fingerprint(config: ExperimentConfig) -> dict[str, Any]:
 
     tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     assert isinstance(tree, dict)
-    flat = _flatten(tree)
+    flat = _flatten({str(key): value for key, value in tree.items()})
     return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from simpletir.core.errors import SimpletirError
 from simpletir.core.trainer.checkpoint import STATE_FILE, find_latest
@@ -84,7 +85,7 @@ def generate_sample(folder: Path, prompt: str = "1 + 1 =", max_new_tokens: int =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder)
     ids = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     return str(tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True))
@@ -93,7 +94,7 @@ def generate_sample(folder: Path, prompt: str = "1 + 1 =", max_new_tokens: int =
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="simpletir export",
-        description="Write a checkpoint's policy as a Hugging Face model folder (transformers and vLLM load it).",
+        description="Write a checkpoint's policy as a Hugging Face model folder for transformers and vLLM.",
     )
     parser.add_argument(
         "--ckpt_path", "--ckpt-path", required=True, type=Path, help="checkpoints/<run>/epoch_<N>"

@@ -53,7 +53,7 @@ class TrainBatch:
         return int(self.loss_mask.sum().item())
 
     def replace(self, **changes: Tensor | None) -> TrainBatch:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def rows(self, index: Sequence[int] | Tensor) -> TrainBatch:
         """The rows ``index``, with padding trimmed to the longest sequence and response kept."""
