@@ -136,6 +136,8 @@ def test_policy_loss_clip_higher_and_dual_clip_by_hand():
     close(out.loss.detach(), -0.036)
     close(out.clipfrac, 2 / 5)  # t0, t2
     close(out.clipfrac_lower, 1 / 5)  # t3
+    close(out.clipfrac_low, 1 / 5)  # t2: A < 0, ratio 0.5 < 0.8
+    close(out.clipfrac_high, 1 / 5)  # t0: A > 0, ratio 1.5 > 1.28
     close(out.approx_kl, -sum(math.log(r) for r in RATIOS) / 5)  # mean log(old/new) = -0.144784
 
 
@@ -223,6 +225,8 @@ def test_actor_loss_combines_terms_and_reports_metrics():
         "actor/pg_loss",
         "actor/pg_clipfrac",
         "actor/pg_clipfrac_lower",
+        "actor/pg_clipfrac_low",
+        "actor/pg_clipfrac_high",
         "actor/ppo_kl",
         "actor/kl_loss",
         "actor/entropy",
@@ -238,3 +242,29 @@ def test_actor_loss_defaults_have_no_kl_or_entropy_term():
     assert out.kl_loss is None and out.entropy is None
     close(out.loss.detach(), -0.036)
     assert "actor/kl_loss" not in out.metrics()
+
+
+def test_token_weights_scale_each_token_loss_and_carry_no_gradient():
+    new, old = _logprobs()
+    # Per-token losses (above): -1.28, -0.5, 0.8, 3, -2.2; weights 2, 1, 0.5, 0, 1 (and nan where masked).
+    weights = torch.tensor([[2.0, 1.0, 0.5, 0.0, 1.0, float("nan")]], requires_grad=True)
+    out = algo.policy_loss(new, old, ADV, PL_MASK, token_weights=weights)
+    close(out.loss.detach(), (2 * -1.28 - 0.5 + 0.5 * 0.8 + 0 * 3 - 2.2) / 5)  # = -0.972
+    out.loss.backward()
+    assert weights.grad is None  # importance weights are constants of the update
+    with pytest.raises(ValueError, match="token_weights shape"):
+        algo.policy_loss(new, old, ADV, PL_MASK, token_weights=torch.ones(1, 5))
+
+
+def test_actor_loss_takes_per_token_entropy_as_logits_would_give_it():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6, 7)
+    new, old = _logprobs()
+    mask = PL_MASK.float()
+    from_logits = algo.actor_loss(new, old, ADV, mask, logits=logits, entropy_coeff=0.1)
+    given = algo.actor_loss(new, old, ADV, mask, entropy=algo.entropy_from_logits(logits), entropy_coeff=0.1)
+    assert from_logits.entropy is not None and given.entropy is not None
+    close(given.entropy, from_logits.entropy.item())
+    close(given.loss.detach(), from_logits.loss.item())
+    with pytest.raises(ValueError, match="entropy"):
+        algo.actor_loss(new, old, ADV, mask, entropy=torch.zeros(1, 5))

@@ -184,6 +184,8 @@ class PolicyLoss:
     clipfrac: Tensor  # tokens where the [1-lo, 1+hi] clip changed the loss
     clipfrac_lower: Tensor  # tokens with A < 0 where the dual clip (ratio > c) bound
     approx_kl: Tensor  # mean of log(pi_old / pi) over loss tokens (verl's ppo_kl)
+    clipfrac_low: Tensor  # the clip bound from below: A < 0 and ratio < 1 - lo
+    clipfrac_high: Tensor  # the clip bound from above: A > 0 and ratio > 1 + hi (clip-higher's)
 
 
 def policy_loss(
@@ -242,7 +244,17 @@ def policy_loss(
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
         clipfrac_lower = masked_mean(((ppo > dual_bound) & negative).float(), mask)
         approx_kl = masked_mean(-log_ratio, mask)
-    return PolicyLoss(loss=loss, clipfrac=clipfrac, clipfrac_lower=clipfrac_lower, approx_kl=approx_kl)
+        bound = clipped > unclipped
+        clipfrac_low = masked_mean((bound & (ratio < 1.0)).float(), mask)
+        clipfrac_high = masked_mean((bound & (ratio > 1.0)).float(), mask)
+    return PolicyLoss(
+        loss=loss,
+        clipfrac=clipfrac,
+        clipfrac_lower=clipfrac_lower,
+        approx_kl=approx_kl,
+        clipfrac_low=clipfrac_low,
+        clipfrac_high=clipfrac_high,
+    )
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = "k3") -> Tensor:
@@ -291,6 +303,8 @@ class ActorLoss:
             "actor/pg_loss": float(self.policy.loss.detach()),
             "actor/pg_clipfrac": float(self.policy.clipfrac),
             "actor/pg_clipfrac_lower": float(self.policy.clipfrac_lower),
+            "actor/pg_clipfrac_low": float(self.policy.clipfrac_low),
+            "actor/pg_clipfrac_high": float(self.policy.clipfrac_high),
             "actor/ppo_kl": float(self.policy.approx_kl),
         }
         if self.kl_loss is not None:

@@ -78,6 +78,11 @@ class PromptSampler:
             self.position = end
         return out
 
+    @property
+    def passes(self) -> float:
+        """Passes over the problems so far (2.0 once the second epoch is used up)."""
+        return self.epoch + self.position / len(self._order)
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 

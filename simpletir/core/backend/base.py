@@ -75,16 +75,21 @@ class TrainerBackend(abc.ABC):
         """Free memory. Idempotent."""
 
 
-def build_backend(config: ExperimentConfig, model_dir: Path) -> TrainerBackend:
-    """The backend ``config.trainer.backend`` names (imported only when chosen)."""
+def check_backend_available(config: ExperimentConfig) -> None:
+    """Say before any heavy work when ``trainer.backend`` cannot be built here."""
     name = config.trainer.backend
-    if name == "hf":
-        from simpletir.core.backend.hf import HFBackend
-
-        return HFBackend(model_dir, config)
     if name == "megatron":
         raise StageUnavailableError(
             "trainer.backend=megatron is not available yet (its issue builds it on this seam); "
             "use trainer.backend=hf"
         )
-    raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")
+    if name != "hf":
+        raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")
+
+
+def build_backend(config: ExperimentConfig, model_dir: Path) -> TrainerBackend:
+    """The backend ``config.trainer.backend`` names (imported only when chosen)."""
+    check_backend_available(config)
+    from simpletir.core.backend.hf import HFBackend
+
+    return HFBackend(model_dir, config)

@@ -27,8 +27,15 @@ log = logging.getLogger("simpletir.trainer")
 
 
 def plan_steps(config: ExperimentConfig, num_train: int) -> tuple[int, int]:
-    """``(total_steps, steps_per_epoch)`` from ``total_training_steps`` or ``total_epochs``."""
-    steps_per_epoch = max(math.ceil(num_train / config.train_batch_size), 1)
+    """``(total_steps, steps_per_epoch)``.
+
+    With ``total_training_steps`` that many steps run. Otherwise the run stops once the prompt
+    sampler has made ``total_epochs`` passes over the training set; a step draws
+    ``train_batch_size x oversample`` prompts (more when filters make it refill), so
+    ``steps_per_epoch`` is an estimate, for the progress bar and the log.
+    """
+    per_step = config.train_batch_size * config.oversample
+    steps_per_epoch = max(math.ceil(num_train / per_step), 1)
     total = config.total_training_steps or config.total_epochs * steps_per_epoch
     return total, steps_per_epoch
 
@@ -43,7 +50,7 @@ def check_training_data(config: ExperimentConfig, train: list[Problem]) -> None:
 
 def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
     """Train ``config.model_name``; returns the last step's metrics and where files went."""
-    from simpletir.core.backend import build_backend
+    from simpletir.core.backend import build_backend, check_backend_available
     from simpletir.core.batching import PromptSampler
     from simpletir.core.evaluate import (
         build_tools,
@@ -66,6 +73,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
     check_training_data(config, train_problems)
     valid = load_benchmarks(config, pm) if config.test_freq != -1 else {}
     total_steps, steps_per_epoch = plan_steps(config, len(train_problems))
+    check_backend_available(config)
     root = ckpt.checkpoint_root(config)
     resume_from = ckpt.find_latest(root) if config.resume else None
     if resume_from is not None:  # refuse another config's checkpoint before loading any model
@@ -104,6 +112,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
             checkpoints=root,
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
+            epoch_limit=None if config.total_training_steps else config.total_epochs,
         )
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, backend, config)

@@ -79,10 +79,18 @@ class Trainer:
     sampler: PromptSampler
     valid: dict[str, list[Problem]]
     checkpoints: Path
-    total_steps: int
+    total_steps: int  # total_training_steps, or (total_epochs) an estimate for the progress bar
     steps_per_epoch: int
+    epoch_limit: int | None = None  # total_epochs when total_training_steps is not set
     step: int = 0  # the last finished step
     history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """``total_training_steps`` steps done, or (without it) ``total_epochs`` passes over the data."""
+        if self.epoch_limit is not None:
+            return self.sampler.passes >= self.epoch_limit
+        return self.step >= self.total_steps
 
 
 class Timer:
@@ -103,7 +111,7 @@ class Timer:
 
 
 async def train(t: Trainer) -> dict[str, Any]:
-    """Run steps ``t.step + 1 .. t.total_steps``; returns the last step's metrics."""
+    """Run steps from ``t.step + 1`` until :meth:`Trainer.finished`; returns the last step's metrics."""
     config = t.config
     if t.step == 0 and config.val_before_train and config.test_freq != -1:
         await validate(t, step=0)
@@ -111,20 +119,20 @@ async def train(t: Trainer) -> dict[str, Any]:
         total=t.total_steps, initial=t.step, desc="training", unit="step", disable=not config.rollout.progress
     )
     try:
-        while t.step < t.total_steps:
+        while not t.finished:
             step = t.step + 1
             timer = Timer()
             with timer("step"):
                 metrics = await training_step(t, step, timer)
                 t.step = step
-                if config.save_freq != -1 and (step % config.save_freq == 0 or step == t.total_steps):
+                if config.save_freq != -1 and (step % config.save_freq == 0 or t.finished):
                     with timer("save"):
                         save(t, {**metrics, **timer.seconds})
             metrics.update(timer.seconds)
             report_step(t.pm, StepReport(step=step, epoch=t.sampler.epoch, metrics=metrics))
             t.history.append(metrics)
             bar.update(1)
-            if config.test_freq != -1 and (step % config.test_freq == 0 or step == t.total_steps):
+            if config.test_freq != -1 and (step % config.test_freq == 0 or t.finished):
                 await validate(t, step=step)
     finally:
         bar.close()
@@ -143,10 +151,15 @@ async def training_step(t: Trainer, step: int, timer: Timer) -> dict[str, float]
     batch = build_train_batch(groups, t.backend.pad_token_id)
     metrics.update(tool_metrics(groups))
 
-    # 2. advantages: one per trajectory, from the group's rewards (masked ones count in the baseline)
+    # 2. advantages: one per trajectory, from the group's rewards (masked ones count in the baseline);
+    #    then rows without a single loss token leave the batch: their gradient is exactly 0 anyway
     scores, group_ids = group_scores(groups)
     advantages = grpo_advantages(scores, group_ids, norm_by_std=a.norm_adv_by_std)
     batch = batch.replace(advantages=token_advantages(advantages, batch.loss_mask))
+    batch = batch.rows(torch.nonzero(batch.loss_mask.sum(-1) > 0).flatten())
+    if batch.size == 0:
+        log.warning("step %d: every trajectory of the kept groups is masked; skipping the update", step)
+        return {**metrics, "actor/skipped_step": 1.0}
 
     # 3. old policy: recomputed by the trainer; mismatch against the engine; TIS weights
     with timer("old_logprob"):
@@ -186,7 +199,7 @@ async def training_step(t: Trainer, step: int, timer: Timer) -> dict[str, float]
     metrics["batch/loss_tokens"] = float(batch.num_loss_tokens)
     tokens = int((batch.prompt_lens + batch.response_lens).sum())
     metrics["perf/train_tokens_per_s"] = tokens / max(timer.seconds.get("timing/update_s", 0.0), 1e-9)
-    metrics["perf/rollout_tokens_per_s"] = float(batch.response_lens.sum()) / max(
+    metrics["perf/rollout_tokens_per_s"] = metrics["perf/generated_tokens"] / max(
         timer.seconds.get("timing/rollout_s", 0.0), 1e-9
     )
     return metrics
@@ -201,15 +214,17 @@ async def collect(
         t.filters, filter_context(config, step=step), oversample=config.oversample, max_draws=config.max_draws
     )
     draw = 0
+    generated = 0
     while not collector.done:
         problems = t.sampler.take(collector.next_draw_size())
         groups = await t.runner.arun(problems, training=True, seed_round=("train", step, draw))
+        generated += sum(tr.num_loss_tokens for g in groups for tr in g.trajectories)  # before any filter
         with timer("reward"):
             scored = await asyncio.to_thread(score_groups, groups, t.reward, progress=False)
         collector.add(scored, prompts=len(problems))
         draw += 1
     result = collector.result()
-    return result.groups, dict(result.metrics)
+    return result.groups, {**result.metrics, "perf/generated_tokens": float(generated)}
 
 
 # -- the objective on one micro-batch -----------------------------------------------------------
