@@ -45,10 +45,16 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Any:
 
 def test_total_epochs_stops_after_that_many_passes_over_the_training_set(tmp_path: Path) -> None:
     config = tiny_config(
-        tmp_path, "plugin_config.arith_train.size=4", "train_batch_size=2", "total_epochs=2", "experiment_name=ep"
+        tmp_path,
+        "plugin_config.arith_train.size=4",
+        "train_batch_size=2",
+        "total_epochs=2",
+        "experiment_name=ep",
     )
     result = run_experiment(config, make_plugin_manager())
-    steps = [r["step"] for r in read_metrics(tmp_path / "runs" / "ep" / "metrics.jsonl") if r["phase"] == "train"]
+    steps = [
+        r["step"] for r in read_metrics(tmp_path / "runs" / "ep" / "metrics.jsonl") if r["phase"] == "train"
+    ]
     assert result["steps"] == 4 and steps == [1, 2, 3, 4]  # 4 problems, 2 a step, 2 passes
 
 
@@ -70,8 +76,10 @@ def test_sampler_passes_reach_whole_numbers_at_epoch_ends() -> None:
 
 
 def test_megatron_backend_is_refused_before_any_model_loads(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, "trainer.backend=megatron", "model_name=/no/such/model", "train_batch_size=2")
-    with pytest.raises(StageUnavailableError, match="trainer.backend=megatron"):
+    config = tiny_config(
+        tmp_path, "trainer.backend=megatron", "model_name=/no/such/model", "train_batch_size=2"
+    )
+    with pytest.raises(StageUnavailableError, match=r"trainer\.backend=megatron"):
         run_experiment(config, make_plugin_manager())
 
 
@@ -91,3 +99,32 @@ class _Backend:
 def test_weights_that_do_not_fit_the_engine_are_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"model_name='gpt2-like'.*cannot be synced.*transformer\.h\.0"):
         check_weight_sync(_Backend(), _RefusingEngine(), bucket_mb=1, model="gpt2-like")  # type: ignore[arg-type]
+
+
+def test_hf_backend_switches_dropout_off_and_trains_in_train_mode(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from simpletir.core.backend.hf import HFBackend
+    from simpletir.core.rollout.models import qwen_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, attention_dropout=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    backend = HFBackend(tmp_path / "m", load_config(None, ["trainer.gradient_checkpointing=true"]))
+    assert backend.model.training  # gradient checkpointing only acts in train mode
+    rates = [
+        v
+        for m in backend.model.modules()
+        for k, v in vars(m).items()
+        if "dropout" in k and isinstance(v, float)
+    ]
+    assert rates and all(rate == 0.0 for rate in rates)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    first, second = backend.model(ids).logits, backend.model(ids).logits
+    assert torch.equal(first, second)  # no dropout noise between two passes in train mode

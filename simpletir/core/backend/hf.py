@@ -7,8 +7,9 @@ autocast). Departures from a plain ``model(**batch).logits`` worth knowing:
   states are gathered first, then the LM head runs on ``[B, T]`` instead of ``[B, L]``);
 * log-probs are of ``softmax(logits / rollout.temperature)``, the distribution the rollout
   sampled from (as verl and TRL do);
-* the model stays in ``eval()`` mode while training: dropout off, so the same weights give the
-  same log-probs in the old-policy pass and in the update.
+* dropout is switched off at load (every ``nn.Dropout`` and the config's ``*dropout`` rates), so
+  the same weights give the same log-probs in the old-policy pass and in the update; the model
+  is then kept in ``train()`` mode, which gradient checkpointing needs.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def _load_causal_lm(model_dir: Path) -> Any:
         raise ModelNotFoundError(f"trainer: cannot load {model_dir} as a causal LM: {exc}") from exc
 
 
+def _without_dropout(model: Any) -> Any:
+    """Every dropout rate to 0: ``nn.Dropout`` modules and the float ``*dropout*`` attributes that
+    attention modules copy from the config at init (Qwen2's ``attention_dropout``)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(module, key, 0.0)
+    for key, value in vars(model.config).items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(model.config, key, 0.0)
+    return model
+
+
 class HFBackend(TrainerBackend):
     def __init__(self, model_dir: Path, config: ExperimentConfig) -> None:
         from transformers import AutoTokenizer
@@ -62,8 +78,8 @@ class HFBackend(TrainerBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
-        self.model: Any = _load_causal_lm(model_dir).to(self.device)
-        self.model.eval()  # dropout off: see the module docstring
+        self.model: Any = _without_dropout(_load_causal_lm(model_dir)).to(self.device)
+        self.model.train()  # dropout is off (see the module docstring); checkpointing needs train()
         if config.trainer.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.temperature = config.rollout.temperature or 1.0  # greedy training rollouts: plain logits

@@ -134,7 +134,8 @@ def mini_batches(batch: TrainBatch, groups_per_mini_batch: int) -> Iterator[Trai
     num_groups = int(batch.group_index.max().item()) + 1
     for start in range(0, num_groups, groups_per_mini_batch):
         chosen = (batch.group_index >= start) & (batch.group_index < start + groups_per_mini_batch)
-        yield batch.rows(torch.nonzero(chosen).flatten())
+        if bool(chosen.any()):  # groups whose every row was masked (and dropped) leave no mini-batch
+            yield batch.rows(torch.nonzero(chosen).flatten())
 
 
 def micro_batches(batch: TrainBatch, max_rows: int, max_tokens: int = 0) -> list[TrainBatch]:
