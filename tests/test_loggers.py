@@ -91,6 +91,16 @@ def test_console_line_format() -> None:
     assert format_report(StepReport(0, 0, {}, phase="val")) == "[val] step 0 epoch 0 | (no metrics)"
 
 
+def test_compact_console_line_keeps_headline_metrics_in_a_fixed_order() -> None:
+    metrics = {"timing/step_s": 12.5, "actor/grad_norm": 0.25, "batch/draws": 2.0, "reward/mean": 0.5}
+    line = format_report(StepReport(step=4, epoch=0, metrics=metrics), compact=True)
+    assert line == "[train] step 4 epoch 0 | reward=0.5 grad_norm=0.25 step_s=12.5"
+    val = StepReport(step=4, epoch=0, metrics={"pass@1": 0.25, "benchmarks/arith/pass@1": 0.25}, phase="val")
+    assert format_report(val, compact=True) == "[val] step 4 epoch 0 | pass@1=0.25"
+    other = StepReport(step=1, epoch=0, metrics={"custom": 1.0})  # nothing to pick: printed whole
+    assert format_report(other, compact=True) == "[train] step 1 epoch 0 | custom=1"
+
+
 def test_console_logger_goes_to_stderr_and_the_run_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -101,9 +111,9 @@ def test_console_logger_goes_to_stderr_and_the_run_log(
         logging.getLogger("vllm").warning("engine spam")  # other libraries stay out of the run log
     logging.getLogger("simpletir.metrics").info("after the run: nowhere")
     err = capsys.readouterr().err
-    assert "[train] step 1 epoch 0 | reward/mean=0.5\n" in err and "a note" in err
+    assert "[train] step 1 epoch 0 | reward=0.5\n" in err and "a note" in err  # compact: headline names
     text = log_path.read_text()
-    assert "INFO simpletir.metrics: [train] step 1 epoch 0 | reward/mean=0.5" in text
+    assert "INFO simpletir.metrics: [train] step 1 epoch 0 | reward=0.5" in text
     assert "WARNING simpletir.core.somewhere: a note" in text
     assert "engine spam" not in text and "after the run" not in text
 

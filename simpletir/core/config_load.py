@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from simpletir.core.config import ExperimentConfig
+from simpletir.core.config_ranges import check_numeric_ranges
 from simpletir.core.errors import ConfigError, DataError, closest
 from simpletir.core.loggers import check_logger_names, check_wandb_installed
 from simpletir.core.specs import BenchmarkSpec, ComponentSpec, NoOptions
@@ -282,57 +284,48 @@ def load_config(
     return config
 
 
-_POSITIVE = (
-    "max_turns",
-    "max_prompt_length",
-    "max_response_length",
-    "train_batch_size",
-    "oversample",
-    "total_epochs",
-    "n_val",
-    "rollout.n",
-    "rollout.max_concurrency",
-    "rollout.tensor_parallel_size",
-    "trainer.micro_batch_size",
-    "trainer.tensor_parallel_size",
-    "algorithm.ppo_mini_batch_size",
-    "algorithm.ppo_epochs",
-    "trainer.keep_checkpoints",
-    "trainer.weight_sync_bucket_mb",
-)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _get(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def check_experiment_name(name: str) -> None:
+    """``experiment_name`` names folders and files (runs/<name>, logs/<name>_*.json): a plain name."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"experiment_name={name!r} must be a plain name: 1 to 100 letters, digits, '.', '_' or '-', "
+            "not '.' or '..' (it becomes runs/<name>, logs/<name>_*.json and checkpoints/<name>)"
+        )
 
 
 def check_ranges(config: ExperimentConfig) -> None:
-    """Values the types allow but the run cannot use."""
-    for key in _POSITIVE:
-        value = _get(config, key)
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-    if not 0.0 < config.rollout.gpu_memory_utilization <= 1.0:
+    """Values the types allow but the run cannot use, and keys that must agree."""
+    check_experiment_name(config.experiment_name)
+    check_numeric_ranges(config)
+    if config.rollout.dtype not in DTYPES:
+        raise ConfigError(f"rollout.dtype must be one of {', '.join(DTYPES)}, got {config.rollout.dtype!r}")
+    if config.tool_use and not config.tools:
         raise ConfigError(
-            f"rollout.gpu_memory_utilization must be in (0, 1], got {config.rollout.gpu_memory_utilization}"
+            "tool_use=true but tools is empty: name a tool (tools=[python]) or set tool_use=false"
         )
-    if config.grad_clip <= 0:
-        raise ConfigError(f"grad_clip must be positive, got {config.grad_clip}")
-    check_training_ranges(config)
-    if config.val_sample_size == 0 or config.val_sample_size < -1:
+    if (
+        not config.val_only
+        and config.algorithm.ppo_mini_batch_size < config.train_batch_size
+        and config.train_batch_size % config.algorithm.ppo_mini_batch_size
+    ):
         raise ConfigError(
-            f"val_sample_size must be -1 (all) or a positive count, got {config.val_sample_size}"
+            f"algorithm.ppo_mini_batch_size={config.algorithm.ppo_mini_batch_size} must divide "
+            f"train_batch_size={config.train_batch_size} (both count prompts)"
+        )
+    if len(config.algorithm.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.algorithm.betas):
+        raise ConfigError(
+            f"algorithm.betas must be two numbers in [0, 1), got {list(config.algorithm.betas)}"
         )
     if config.val_only and not config.valid_datasets:
         raise ConfigError("val_only is set but valid_dataset is empty")
     if not config.val_only and not config.train_datasets:
         raise ConfigError("train_dataset is empty (set val_only=True to only evaluate)")
-    if config.trainer.wandb_init_timeout_s <= 0:
-        raise ConfigError(
-            f"trainer.wandb_init_timeout_s must be positive, got {config.trainer.wandb_init_timeout_s}"
-        )
     check_logger_names(config.trainer.loggers)
     template = config.rollout.prompt_template
     if "{question}" not in template:
@@ -344,43 +337,6 @@ def check_ranges(config: ExperimentConfig) -> None:
             f"rollout.prompt_template is not a valid format string ({exc!r}); "
             "write literal braces doubled: {{ }}"
         ) from exc
-
-
-def check_training_ranges(config: ExperimentConfig) -> None:
-    """The trainer's own keys: steps, optimiser, batch arithmetic (only what the types allow)."""
-    import math
-
-    if config.total_training_steps is not None and config.total_training_steps < 1:
-        raise ConfigError(
-            "total_training_steps must be at least 1 (or null for total_epochs), "
-            f"got {config.total_training_steps}"
-        )
-    a = config.algorithm
-    if not (math.isfinite(a.lr) and a.lr > 0):
-        raise ConfigError(f"algorithm.lr must be a positive number, got {a.lr}")
-    if len(a.betas) != 2 or not all(0.0 <= b < 1.0 for b in a.betas):
-        raise ConfigError(f"algorithm.betas must be two numbers in [0, 1), got {list(a.betas)}")
-    for key in ("weight_decay", "tis_cap", "kl_coef", "entropy_coeff"):
-        value = getattr(a, key)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"algorithm.{key} must be a finite number >= 0, got {value}")
-    if a.warmup_steps < 0:
-        raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {a.warmup_steps}")
-    if config.trainer.micro_batch_tokens < 0:
-        raise ConfigError(
-            f"trainer.micro_batch_tokens must be >= 0 (0 = off), got {config.trainer.micro_batch_tokens}"
-        )
-    if config.save_freq == 0 or config.save_freq < -1:
-        raise ConfigError(f"save_freq must be -1 (never) or a positive step count, got {config.save_freq}")
-    if config.test_freq == 0 or config.test_freq < -1:
-        raise ConfigError(f"test_freq must be -1 (never) or a positive step count, got {config.test_freq}")
-    if config.val_only:
-        return
-    if config.train_batch_size % a.ppo_mini_batch_size and a.ppo_mini_batch_size < config.train_batch_size:
-        raise ConfigError(
-            f"algorithm.ppo_mini_batch_size={a.ppo_mini_batch_size} must divide "
-            f"train_batch_size={config.train_batch_size} (both count prompts)"
-        )
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -185,14 +185,31 @@ def save_checkpoint(
         os.rename(tmp, final)
         _fsync_dir(root)
         atomic_write_text(root / LATEST_FILE, final.name + "\n")
-    except OSError as exc:
+    except BaseException as exc:
+        # safetensors and torch.save report a full disk as their own errors, not OSError
+        full = _disk_full(exc, root)
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (full or isinstance(exc, OSError)):
+            raise
         previous = find_latest(root)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        cause = "disk full" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc}"
+        cause = "disk full" if full else f"{type(exc).__name__}: {exc}"
         raise CheckpointError(f"writing checkpoint {final} failed ({cause}); {kept}") from exc
     prune_checkpoints(root, keep)
     return final
+
+
+def _disk_full(exc: BaseException, root: Path) -> bool:
+    """ENOSPC, as an OSError or inside another library's message (safetensors: "No space left on
+    device (os error 28)"), or a write error (torch.save: "unexpected pos") with no space left."""
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+        return True
+    if not isinstance(exc, Exception):
+        return False
+    try:
+        return shutil.disk_usage(root).free < 2**20
+    except OSError:
+        return False
 
 
 def _step_of(folder: Path) -> int | None:
