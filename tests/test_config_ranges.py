@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from simpletir.core.config_docs import iter_fields
@@ -97,7 +99,9 @@ def test_boundaries_are_allowed() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["../../x", "/abs/path", "", ".", "..", "a/b", "tab\tname", "new\nline", "x" * 101])
+@pytest.mark.parametrize(
+    "name", ["../../x", "/abs/path", "", ".", "..", "a/b", "tab\tname", "new\nline", "x" * 101]
+)
 def test_experiment_name_must_be_a_plain_name(name: str) -> None:
     with pytest.raises(ConfigError, match="must be a plain name"):
         load_config(None, [f"experiment_name={name}"])
@@ -106,3 +110,31 @@ def test_experiment_name_must_be_a_plain_name(name: str) -> None:
 @pytest.mark.parametrize("name", ["run", "run-2", "qwen2.5_7b", "A.b-c_d"])
 def test_plain_names_pass(name: str) -> None:
     assert load_config(None, [f"experiment_name={name}"]).experiment_name == name
+
+
+def _show(tmp_path: Any, text: bytes | None, *overrides: str, name: str = "c.yaml") -> str:
+    from simpletir.cli import main
+
+    path = tmp_path / name
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_bytes(text)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["config", "show", "--check", "none", str(path), *overrides])
+    assert code == 2, err.getvalue()
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1, lines  # one line, no traceback
+    return lines[0]
+
+
+def test_bad_config_files_are_one_line(tmp_path: Any) -> None:
+    assert "not UTF-8 text" in _show(tmp_path, b"experiment_name: caf\xe9\n", name="latin1.yaml")
+    assert "appears twice" in _show(tmp_path, b"seed: 1\nseed: 2\n", name="dup.yaml")
+    assert "is a folder" in _show(tmp_path, None, name="folder.yaml")
+    assert "plugin_config must be a mapping" in _show(tmp_path, b"plugin_config: [a, b]\n", name="list.yaml")
+    assert "plugin_config" in _show(tmp_path, b"seed: 1\n", "plugin_config=[1,2]", name="ok.yaml")

@@ -95,6 +95,11 @@ def _normalise(data: dict[str, Any], where: str) -> dict[str, Any]:
     types = _field_types(ExperimentConfig)
     out = dict(data)
     for key, value in data.items():
+        if key == "plugin_config" and value is not None and not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{where}: plugin_config must be a mapping of plugin name -> options "
+                f"(plugin_config: {{python: {{timeout_s: 3}}}}), got a {type(value).__name__}"
+            )
         if key in _DATASET_FIELDS and isinstance(value, list | tuple):
             out[key] = " ".join(str(item) for item in value)
         elif key in types and _is_str_list(types[key]) and isinstance(value, str):
@@ -107,6 +112,11 @@ def _merge(base: DictConfig, data: Mapping[str, Any], where: str) -> DictConfig:
         merged = OmegaConf.merge(base, OmegaConf.create(dict(data)))
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe_omegaconf_error(exc, where)) from exc
+    except (TypeError, ValueError) as exc:  # e.g. a list where the schema has a mapping
+        keys = ", ".join(sorted(str(k) for k in data))
+        raise ConfigError(
+            f"{where}: {keys}: {exc} (a list or value where the schema has a mapping?)"
+        ) from exc
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -139,6 +149,8 @@ def resolve_config_path(name_or_path: str | None, environ: Mapping[str, str] | N
     path = Path(name).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
     if path.suffix in ("", ".yaml", ".yml") and len(path.parts) == 1:
         stem = path.stem if path.suffix else path.name
         for folder in config_search_dirs():
@@ -156,11 +168,39 @@ def resolve_config_path(name_or_path: str | None, environ: Mapping[str, str] | N
     raise ConfigError(f"config file {str(path)!r} does not exist")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                    "keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
