@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("exec", help="run a Python file (or - for stdin) and print a JSON result")
     ex.add_argument("file", help="path of the code to run, or - to read it from stdin")
-    ex.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    ex.add_argument(
+        "--timeout", type=_seconds, default=None, help="wall-clock limit in seconds (> 0, finite)"
+    )
     bench = sub.add_parser("bench", help="bare python3 -c vs cold nsjail vs warm pool")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test)")
     sub.add_parser("setup", help="provision packages and prove a worker starts")
@@ -65,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
             help="a plugin_config.python option (repeatable)",
         )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A finite, positive number of seconds (argparse turns the ValueError into one usage line)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds > 0")
+    return value
 
 
 async def _exec(cfg: SandboxConfig, code: str, timeout: float | None) -> dict[str, Any]:
