@@ -51,6 +51,10 @@ EQUIVALENT = [
     ("10^\\circ", "10"),
     ("\\text{(C)}", "C"),
     ("\\frac{1}{3}", "0.333333"),
+    ("e^{i\\pi}", "-1"),  # the imaginary unit (math-verify alone reads i as a variable)
+    ("e^{2\\pi i}", "1"),
+    ("i^2", "-1"),
+    ("e^{i\\pi/2}", "i"),
 ]
 
 NOT_EQUIVALENT = [
@@ -62,6 +66,9 @@ NOT_EQUIVALENT = [
     ("\\sqrt{3}", "\\sqrt{2}"),
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
     ("-5", "5"),
+    ("e^{i\\pi/2}", "-1"),
+    ("2i", "2"),
+    ("i + 1", "x + 1"),  # another variable: math-verify decides
 ]
 
 
