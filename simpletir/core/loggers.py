@@ -9,8 +9,8 @@ validation pass, one at the end of a ``val_only`` run) reaches each chosen logge
 * ``wandb``: a Weights & Biases run stored under ``<run_dir>/wandb``, whose id is kept in
   ``<run_dir>/wandb_id`` so ``RESUME=True`` continues the same run (``pip install simpletir[wandb]``).
 
-The run log ``<logs_dir>/<experiment_name>.log`` (``tail -f``) receives everything logged under
-the ``simpletir`` logger during a run (:func:`run_log`).
+The run log ``<logs_dir>/<run name>.log`` (``tail -f``; named after the run folder) receives
+everything logged under the ``simpletir`` logger during a run (:func:`run_log`).
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ class _ConsoleOnly(logging.Filter):
 
 
 def run_log_path(config: ExperimentConfig) -> Path:
-    return Path(config.logs_dir) / f"{config.experiment_name}.log"
+    return Path(config.logs_dir) / f"{config.run_name}.log"
 
 
 @contextmanager

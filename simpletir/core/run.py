@@ -32,6 +32,7 @@ from simpletir.core.errors import StageUnavailableError
 from simpletir.core.fileio import atomic_write_json, atomic_write_text
 from simpletir.core.loggers import MetricLogger, build_loggers, close_loggers, run_log, run_log_path
 from simpletir.core.plugins import SimpletirPluginManager
+from simpletir.core.run_dir import choose_run_dir, locked, remove_if_unused
 from simpletir.core.types import StepReport
 from simpletir.hookspecs import hookimpl
 
@@ -65,17 +66,11 @@ def load_stage(
 
 
 def prepare_run_dir(config: ExperimentConfig) -> Path:
-    """``<runs_dir>/<experiment_name>``; a fresh run never overwrites an earlier run's folder.
+    """``<runs_dir>/<experiment_name>``, or ``-2``, ``-3``... when taken; ``resume`` reuses it.
 
-    With ``resume`` the existing folder is reused; otherwise a taken name gets ``-2``, ``-3``...
+    Atomic (``mkdir``), see :mod:`simpletir.core.run_dir`.
     """
-    base = Path(config.runs_dir) / config.experiment_name
-    candidate, suffix = base, 1
-    while not config.resume and (candidate / CONFIG_FILE).exists():
-        suffix += 1
-        candidate = base.with_name(f"{base.name}-{suffix}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+    return choose_run_dir(config.runs_dir, config.experiment_name, resume=config.resume)
 
 
 def plugin_versions(pm: SimpletirPluginManager) -> dict[str, Any]:
@@ -160,7 +155,23 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
     # Find the stage first: a run that cannot start leaves no run directory behind.
     stage = load_stage(*(EVALUATION_STAGE if config.val_only else TRAINING_STAGE))
     run_dir = prepare_run_dir(config)
+    fresh = not (run_dir / CONFIG_FILE).exists()
     config = dataclasses.replace(config, run_dir=str(run_dir))
+    try:
+        with locked(run_dir):
+            return _record_and_run(config, pm, stage, run_dir)
+    except BaseException:
+        if fresh and remove_if_unused(run_dir):
+            log.info("removed %s: the run failed before doing any work", run_dir)
+        raise
+
+
+def _record_and_run(
+    config: ExperimentConfig,
+    pm: SimpletirPluginManager,
+    stage: Callable[[ExperimentConfig, SimpletirPluginManager], Any],
+    run_dir: Path,
+) -> dict[str, Any]:
     # A fresh run records its config before the stage starts, so even a crashed run leaves it.
     # A resumed run keeps the config its folder was started with until the stage has accepted
     # the resume (the evaluation refuses a journal written under other settings): a refused

@@ -80,8 +80,7 @@ class CheckpointError(SimpletirError):
 
 def checkpoint_root(config: ExperimentConfig) -> Path:
     """``<checkpoints_dir>/<run folder name>``: a rerun in ``runs/<name>-2`` never touches ``<name>``'s."""
-    name = Path(config.run_dir).name if config.run_dir else config.experiment_name
-    return Path(config.checkpoints_dir) / name
+    return Path(config.checkpoints_dir) / config.run_name
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
@@ -169,6 +168,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``epoch_<step>`` atomically, point ``latest`` at it, then prune to ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -197,6 +197,21 @@ def save_checkpoint(
         raise CheckpointError(f"writing checkpoint {final} failed ({cause}); {kept}") from exc
     prune_checkpoints(root, keep)
     return final
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Remove ``.epoch_N.tmp-<pid>`` / ``.old-<pid>`` folders of processes that no longer run
+    (a run killed while saving); a live process's (a concurrent save) are left alone."""
+    for path in root.glob(f".{PREFIX}*.*-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 def _disk_full(exc: BaseException, root: Path) -> bool:

@@ -156,7 +156,8 @@ async def training_step(t: Trainer, step: int, timer: Timer) -> dict[str, float]
     scores, group_ids = group_scores(groups)
     advantages = grpo_advantages(scores, group_ids, norm_by_std=a.norm_adv_by_std)
     batch = batch.replace(advantages=token_advantages(advantages, batch.loss_mask))
-    batch = batch.rows(torch.nonzero(batch.loss_mask.sum(-1) > 0).flatten())
+    if a.loss_agg_mode != "seq-mean-token-sum-norm":  # Dr.GRPO divides by every row, masked ones too
+        batch = batch.rows(torch.nonzero(batch.loss_mask.sum(-1) > 0).flatten())
     if batch.size == 0:
         log.warning("step %d: every trajectory of the kept groups is masked; skipping the update", step)
         return {**metrics, "actor/skipped_step": 1.0}
