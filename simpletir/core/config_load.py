@@ -134,9 +134,11 @@ CONFIG_NAME_ENV = "CONFIG_NAME"
 
 
 def config_search_dirs() -> list[Path]:
-    """Where a bare config name (``simpletir_trainer``) is looked up: ./configs, then the checkout's."""
-    repo_configs = Path(__file__).resolve().parents[2] / "configs"
-    return list(dict.fromkeys([Path.cwd() / "configs", repo_configs]))
+    """Where a bare config name (``simpletir_trainer``) is looked up: ./configs, then the configs
+    shipped inside the package (``simpletir/configs``; the checkout's ``configs/`` links there),
+    so an installed wheel has them too."""
+    packaged = Path(__file__).resolve().parents[1] / "configs"
+    return list(dict.fromkeys([Path.cwd() / "configs", packaged]))
 
 
 def resolve_config_path(name_or_path: str | None, environ: Mapping[str, str] | None = None) -> Path:
