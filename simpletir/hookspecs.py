@@ -21,7 +21,14 @@ import pluggy
 
 if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
-    from simpletir.core.specs import BenchmarkSpec, FilterSpec, RewardSpec, ToolSpec
+    from simpletir.core.specs import (
+        AdvantageEstimatorSpec,
+        BenchmarkSpec,
+        FilterSpec,
+        PolicyLossSpec,
+        RewardSpec,
+        ToolSpec,
+    )
     from simpletir.core.types import StepReport
 
 PROJECT_NAME = "simpletir"
@@ -68,6 +75,28 @@ def register_benchmarks() -> Iterable[BenchmarkSpec]:
 
     Each :class:`~simpletir.core.specs.BenchmarkSpec` has a name and optional aliases, both
     usable in ``valid_dataset`` / ``train_dataset`` (``"aime24 deepscaler/aime25"``).
+    """
+
+
+@hookspec
+def register_advantage_estimators() -> Iterable[AdvantageEstimatorSpec]:
+    """Return the advantage estimators this plugin provides (``AdvantageEstimatorSpec`` records).
+
+    An estimator's built object has ``compute(scores [B], group_ids [B]) -> advantages [B]``
+    (:class:`~simpletir.core.specs.AdvantageEstimator`); the trainer calls it once per step on
+    the kept groups. Chosen by ``algorithm.adv_estimator`` (built-ins: ``grpo``, ``dr_grpo``,
+    ``rloo``, ``reinforce_pp``).
+    """
+
+
+@hookspec
+def register_policy_losses() -> Iterable[PolicyLossSpec]:
+    """Return the policy losses this plugin provides (``PolicyLossSpec`` records).
+
+    A loss's built object has ``compute(logprobs, old_logprobs, advantages, mask, *,
+    loss_agg_mode, max_response_length, denominator, token_weights) -> PolicyLoss``
+    (:class:`~simpletir.core.specs.PolicyLossFunction`), all ``[B, T]``; the trainer calls it on
+    every micro-batch. Chosen by ``algorithm.policy_loss`` (built-ins: ``ppo_clip``, ``reinforce``).
     """
 
 

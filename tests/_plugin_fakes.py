@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from simpletir import hookimpl
-from simpletir.core.specs import BenchmarkSpec, FilterSpec, RewardSpec, ToolSpec
+from simpletir.core.specs import (
+    AdvantageEstimatorSpec,
+    BenchmarkSpec,
+    FilterSpec,
+    PolicyLossSpec,
+    RewardSpec,
+    ToolSpec,
+)
 from simpletir.core.types import Message, Problem
 
 
@@ -62,8 +69,20 @@ class CheckedBenchmark(TinyBenchmark):
             raise DataError("checked: its data is not available")
 
 
-class FakeComponents:
-    """One tool, reward, filter and benchmark; names chosen to exercise suggestions."""
+class FakeAlgorithms:
+    """An advantage estimator and a policy loss, so training configs validate without built-ins."""
+
+    @hookimpl
+    def register_advantage_estimators(self) -> list[AdvantageEstimatorSpec]:
+        return [AdvantageEstimatorSpec("fake_adv", lambda o, e: Built("fake_adv", o, e))]
+
+    @hookimpl
+    def register_policy_losses(self) -> list[PolicyLossSpec]:
+        return [PolicyLossSpec("fake_loss", lambda o, e: Built("fake_loss", o, e))]
+
+
+class FakeComponents(FakeAlgorithms):
+    """One tool, reward, filter and benchmark (and the algorithms); names chosen to exercise suggestions."""
 
     @hookimpl
     def register_tools(self) -> list[ToolSpec]:
@@ -95,4 +114,6 @@ FAKE_OVERRIDES = [
     "filters=[keep_all]",
     "valid_dataset=tiny",
     "train_dataset=tiny",
+    "algorithm.adv_estimator=fake_adv",
+    "algorithm.policy_loss=fake_loss",
 ]

@@ -97,10 +97,10 @@ def test_plugins_json_lists_components_and_versions(capsys: pytest.CaptureFixtur
     assert "register_filters" in by_name["filters"]["hooks"]
 
 
-def test_plugins_lists_builtins_of_all_four_kinds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_lists_builtins_of_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
     payload = json.loads(run_cli(capsys, "plugins", "--json")[1])
     kinds = {c["kind"] for c in payload["components"] if c["distribution"] == "simpletir"}
-    assert kinds == {"tool", "reward", "filter", "benchmark"}
+    assert kinds == {"tool", "reward", "filter", "benchmark", "advantage_estimator", "policy_loss"}
 
 
 def test_plugins_block_flag_and_warning(capsys: pytest.CaptureFixture[str]) -> None:

@@ -152,6 +152,8 @@ def test_plugin_infos_list_hooks() -> None:
         "register_rewards",
         "register_filters",
         "register_benchmarks",
+        "register_advantage_estimators",
+        "register_policy_losses",
     }
     assert info.distribution == "in-process" and info.version == ""
 

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from simpletir.core.types import TrajectoryGroup
+
+if TYPE_CHECKING:
+    from simpletir.core.specs import PolicyLossFunction
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k3"]
@@ -106,6 +109,53 @@ def grpo_advantages(
     # A group of one is its own mean, so its advantage is exactly 0 (verl's special case gave
     # it mean 0 and std 1 instead, i.e. an unbaselined ``r / (1 + eps)``).
     return centred.to(torch.float32)
+
+
+def _group_stats(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(scores as float64, counts [B], means [B])``: each response's group size and group mean."""
+    if scores.dim() != 1 or group_ids.shape != scores.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and group_ids {tuple(group_ids.shape)} must both be [B]"
+        )
+    if not torch.isfinite(scores).all():
+        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+        raise ValueError(f"non-finite rewards at positions {bad}: a reward function returned nan/inf")
+    scores = scores.to(torch.float64)
+    _, index = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(index.max().item()) + 1 if scores.numel() else 0
+    counts = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, torch.ones_like(scores))
+    sums = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, scores)
+    return scores, counts[index], (sums / counts.clamp(min=1.0))[index]
+
+
+def rloo_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j`` within the group.
+
+    Equal to ``n / (n - 1) * (r_i - mean_g)``; a group of one has no other sample, so 0.
+    """
+    if scores.numel() == 0:
+        return scores.clone()
+    scores, counts, means = _group_stats(scores, group_ids)
+    others = (means * counts - scores) / (counts - 1).clamp(min=1.0)
+    advantages = torch.where(counts > 1, scores - others, torch.zeros_like(scores))
+    return advantages.to(torch.float32)
+
+
+def reinforce_pp_advantages(scores: Tensor, group_ids: Tensor, *, eps: float = GRPO_EPS) -> Tensor:
+    """REINFORCE++ with a group baseline (Hu 2025, verl's ``reinforce_plus_plus_baseline``):
+    subtract the group mean, then whiten over the whole batch (``(x - mean_B) / (std_B + eps)``).
+
+    Departs from verl in whitening over responses, not over tokens: a long response does not
+    weigh more in the batch statistics than a short one (the outcome reward is per response).
+    """
+    if scores.numel() == 0:
+        return scores.clone()
+    scores, _, means = _group_stats(scores, group_ids)
+    centred = scores - means
+    if centred.numel() < 2:
+        return torch.zeros_like(centred, dtype=torch.float32)
+    whitened = (centred - centred.mean()) / (centred.std() + eps)
+    return whitened.to(torch.float32)
 
 
 def group_scores(groups: Sequence[TrajectoryGroup]) -> tuple[Tensor, Tensor]:
@@ -228,14 +278,7 @@ def policy_loss(
     ppo = torch.maximum(unclipped, clipped)
     dual_bound = -adv * clip_ratio_c
     negative = adv < 0
-    token_losses = torch.where(negative, torch.minimum(ppo, dual_bound), ppo)
-    if token_weights is not None:
-        if token_weights.shape != logprobs.shape:
-            raise ValueError(
-                f"token_weights shape {tuple(token_weights.shape)} must equal "
-                f"logprobs shape {tuple(logprobs.shape)}"
-            )
-        token_losses = token_losses * masked_fill_zero(token_weights.detach(), mask)
+    token_losses = _weighted(torch.where(negative, torch.minimum(ppo, dual_bound), ppo), token_weights, mask)
 
     loss = aggregate_loss(
         token_losses, mask, loss_agg_mode, max_response_length=max_response_length, denominator=denominator
@@ -254,6 +297,56 @@ def policy_loss(
         approx_kl=approx_kl,
         clipfrac_low=clipfrac_low,
         clipfrac_high=clipfrac_high,
+    )
+
+
+def _weighted(token_losses: Tensor, token_weights: Tensor | None, mask: Tensor) -> Tensor:
+    if token_weights is None:
+        return token_losses
+    if token_weights.shape != token_losses.shape:
+        raise ValueError(
+            f"token_weights shape {tuple(token_weights.shape)} must equal "
+            f"logprobs shape {tuple(token_losses.shape)}"
+        )
+    return token_losses * masked_fill_zero(token_weights.detach(), mask)
+
+
+def reinforce_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    loss_agg_mode: LossAggMode = "token-mean",
+    max_response_length: int | None = None,
+    denominator: float | None = None,
+    token_weights: Tensor | None = None,
+) -> PolicyLoss:
+    """The importance-weighted policy gradient without clipping: ``l = -A r`` per token.
+
+    Its gradient is ``-A r grad log pi``, REINFORCE's on-policy (``r = 1``) and unbounded off it:
+    the clip fractions it reports are always 0.
+    """
+    for name, tensor in (("old_logprobs", old_logprobs), ("advantages", advantages), ("mask", mask)):
+        if tensor.shape != logprobs.shape:
+            raise ValueError(
+                f"{name} shape {tuple(tensor.shape)} must equal logprobs shape {tuple(logprobs.shape)}"
+            )
+    log_ratio = masked_fill_zero(logprobs - old_logprobs, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    token_losses = _weighted(-masked_fill_zero(advantages, mask) * torch.exp(log_ratio), token_weights, mask)
+    loss = aggregate_loss(
+        token_losses, mask, loss_agg_mode, max_response_length=max_response_length, denominator=denominator
+    )
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    with torch.no_grad():
+        approx_kl = masked_mean(-log_ratio, mask)
+    return PolicyLoss(
+        loss=loss,
+        clipfrac=zero,
+        clipfrac_lower=zero,
+        approx_kl=approx_kl,
+        clipfrac_low=zero,
+        clipfrac_high=zero,
     )
 
 
@@ -333,6 +426,7 @@ def actor_loss(
     entropy: Tensor | None = None,
     entropy_coeff: float = 0.0,
     token_weights: Tensor | None = None,
+    policy_fn: PolicyLossFunction | None = None,
 ) -> ActorLoss:
     """The full per-(micro)batch objective. Defaults are SimpleTIR's train.sh values.
 
@@ -340,21 +434,34 @@ def actor_loss(
     ``use_kl_loss``); the entropy is computed when ``logits`` are given and subtracted with
     weight ``entropy_coeff`` (or given directly as per-token ``entropy`` ``[B, T]``, as a backend
     that never materialises full logits does). Both aggregate with the same ``loss_agg_mode`` as
-    the policy loss. ``token_weights`` reach :func:`policy_loss` only.
+    the policy loss. ``token_weights`` reach the policy loss only. ``policy_fn`` (a built
+    ``algorithm.policy_loss`` plugin) replaces :func:`policy_loss` and its clip arguments.
     """
-    pg = policy_loss(
-        logprobs,
-        old_logprobs,
-        advantages,
-        mask,
-        clip_ratio_low=clip_ratio_low,
-        clip_ratio_high=clip_ratio_high,
-        clip_ratio_c=clip_ratio_c,
-        loss_agg_mode=loss_agg_mode,
-        max_response_length=max_response_length,
-        denominator=denominator,
-        token_weights=token_weights,
-    )
+    if policy_fn is not None:
+        pg = policy_fn.compute(
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask,
+            loss_agg_mode=loss_agg_mode,
+            max_response_length=max_response_length,
+            denominator=denominator,
+            token_weights=token_weights,
+        )
+    else:
+        pg = policy_loss(
+            logprobs,
+            old_logprobs,
+            advantages,
+            mask,
+            clip_ratio_low=clip_ratio_low,
+            clip_ratio_high=clip_ratio_high,
+            clip_ratio_c=clip_ratio_c,
+            loss_agg_mode=loss_agg_mode,
+            max_response_length=max_response_length,
+            denominator=denominator,
+            token_weights=token_weights,
+        )
 
     def aggregate(per_token: Tensor) -> Tensor:
         return aggregate_loss(

@@ -57,7 +57,10 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: Literal["grpo"] = option("grpo", "advantage estimator")
+    adv_estimator: str = option(
+        "grpo", "advantage estimator by name: grpo, dr_grpo, rloo, reinforce_pp, or a plugin's"
+    )
+    policy_loss: str = option("ppo_clip", "policy loss by name: ppo_clip, reinforce, or a plugin's")
     norm_adv_by_std: bool = option(True, "divide group-centred rewards by the group std (False = Dr.GRPO)")
     clip_ratio_low: float = option(0.2, "PPO clip epsilon below 1")
     clip_ratio_high: float = option(0.28, "PPO clip epsilon above 1 (clip-higher)")

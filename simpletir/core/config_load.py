@@ -433,6 +433,9 @@ def validate_config(config: ExperimentConfig, pm: SimpletirPluginManager, *, che
         chosen.extend(registry.entry("tool", name).spec for name in config.tools)
     chosen.append(registry.entry("reward", config.reward).spec)
     chosen.extend(registry.entry("filter", name).spec for name in config.filters)
+    if not config.val_only:
+        chosen.append(registry.entry("advantage_estimator", config.algorithm.adv_estimator).spec)
+        chosen.append(registry.entry("policy_loss", config.algorithm.policy_loss).spec)
     datasets = list(config.valid_datasets)
     if not config.val_only:
         datasets += config.train_datasets

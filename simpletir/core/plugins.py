@@ -5,7 +5,7 @@ global, so every test gets its own): it adds the hookspecs, loads every entry po
 group ``simpletir`` (the built-ins come through that very group, as a third party's do), and
 skips blocked names (``--block NAME`` / ``$SIMPLETIR_BLOCK_PLUGINS=a,b``).
 
-``pm.registry()`` collects the spec records of the four ``register_*`` hooks into a
+``pm.registry()`` collects the spec records of the ``register_*`` hooks into a
 :class:`Registry`: lookups by name with closest-name suggestions, benchmark alias resolution,
 and a loud :class:`PluginError` when two plugins claim one name (naming both distributions).
 """
@@ -23,25 +23,45 @@ import pluggy
 
 from simpletir import hookspecs
 from simpletir.core.errors import PluginError, closest
-from simpletir.core.specs import BenchmarkSpec, ComponentKind, ComponentSpec, FilterSpec, RewardSpec, ToolSpec
+from simpletir.core.specs import (
+    AdvantageEstimatorSpec,
+    BenchmarkSpec,
+    ComponentKind,
+    ComponentSpec,
+    FilterSpec,
+    PolicyLossSpec,
+    RewardSpec,
+    ToolSpec,
+)
 
 if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 BLOCK_ENV = "SIMPLETIR_BLOCK_PLUGINS"
-KINDS: tuple[ComponentKind, ...] = ("tool", "reward", "filter", "benchmark")
+KINDS: tuple[ComponentKind, ...] = (
+    "tool",
+    "reward",
+    "filter",
+    "benchmark",
+    "advantage_estimator",
+    "policy_loss",
+)
 _HOOK_OF_KIND: dict[ComponentKind, str] = {
     "tool": "register_tools",
     "reward": "register_rewards",
     "filter": "register_filters",
     "benchmark": "register_benchmarks",
+    "advantage_estimator": "register_advantage_estimators",
+    "policy_loss": "register_policy_losses",
 }
 _SPEC_CLASS_OF_KIND: dict[ComponentKind, type[ComponentSpec]] = {
     "tool": ToolSpec,
     "reward": RewardSpec,
     "filter": FilterSpec,
     "benchmark": BenchmarkSpec,
+    "advantage_estimator": AdvantageEstimatorSpec,
+    "policy_loss": PolicyLossSpec,
 }
 LOCAL_DISTRIBUTION = "in-process"  # registered by code, not from an installed distribution
 

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 from simpletir.core.types import Problem, RewardResult, ToolCall, ToolResult, TrajectoryGroup
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from simpletir.core.algo import PolicyLoss
     from simpletir.core.config import ExperimentConfig
 
 
@@ -134,11 +137,51 @@ class Benchmark(Protocol):
         ...
 
 
+@runtime_checkable
+class AdvantageEstimator(Protocol):
+    """Turns the rewards of a batch into one advantage per trajectory (outcome supervision).
+
+    ``scores`` and ``group_ids`` are ``[B]`` (group-then-sample order; a group is the ``n``
+    samples of one prompt, masked samples included); returns ``[B]`` float advantages, which
+    the trainer broadcasts to every loss token of the trajectory.
+    """
+
+    name: str
+
+    def compute(self, scores: Tensor, group_ids: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class PolicyLossFunction(Protocol):
+    """The per-token policy-gradient objective of one (micro-)batch, all tensors ``[B, T]``.
+
+    Returns a :class:`~simpletir.core.algo.PolicyLoss` whose ``loss`` keeps its graph.
+    ``denominator`` (token-mean over a whole mini-batch under gradient accumulation),
+    ``loss_agg_mode`` and ``max_response_length`` go to :func:`simpletir.core.algo.aggregate_loss`;
+    ``token_weights`` (truncated importance weights, no gradient) multiply each token's loss.
+    """
+
+    name: str
+
+    def compute(
+        self,
+        logprobs: Tensor,
+        old_logprobs: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        *,
+        loss_agg_mode: str,
+        max_response_length: int | None,
+        denominator: float | None,
+        token_weights: Tensor | None,
+    ) -> PolicyLoss: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Spec records: what a plugin's register_* hook yields
 # --------------------------------------------------------------------------------------------
 
-ComponentKind = Literal["tool", "reward", "filter", "benchmark"]
+ComponentKind = Literal["tool", "reward", "filter", "benchmark", "advantage_estimator", "policy_loss"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +231,17 @@ class BenchmarkSpec(ComponentSpec):
     # config check verifies each file exists before any heavy work. Empty for benchmarks that
     # generate their problems in code.
     data_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdvantageEstimatorSpec(ComponentSpec):
+    """An advantage estimator, chosen by ``algorithm.adv_estimator``."""
+
+    kind: ClassVar[ComponentKind] = "advantage_estimator"
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec(ComponentSpec):
+    """A policy loss, chosen by ``algorithm.policy_loss``."""
+
+    kind: ClassVar[ComponentKind] = "policy_loss"

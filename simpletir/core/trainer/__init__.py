@@ -107,6 +107,8 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
             reward=reward,
             filters=filters,
             backend=backend,
+            estimator=pm.build("advantage_estimator", config.algorithm.adv_estimator, config),
+            policy_loss=pm.build("policy_loss", config.algorithm.policy_loss, config),
             sampler=sampler,
             valid=valid,
             checkpoints=root,

@@ -4,7 +4,7 @@ One step::
 
     draw prompts -> multi-turn rollout (rollout.n each) -> reward -> filters (config order),
     refilled up to max_draws                                   core/batching.py, core/filtering.py
-    -> GRPO advantages                                         core/algo.py
+    -> advantages (algorithm.adv_estimator: grpo, rloo...)     plugins/algorithms, core/algo.py
     -> old log-probs (trainer), engine/trainer mismatch, TIS weights
     -> ppo_epochs x mini-batches (ppo_mini_batch_size prompts) -> backend.train_step
        (micro-batches, grad clip, AdamW)                       core/backend/
@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from simpletir.core.algo import actor_loss, group_scores, grpo_advantages, masked_mean, token_advantages
+from simpletir.core.algo import actor_loss, group_scores, masked_mean, token_advantages
 from simpletir.core.batching import BatchCollector, PromptSampler
+from simpletir.core.errors import PluginError
 from simpletir.core.evaluate import score_groups
 from simpletir.core.filtering import filter_context
 from simpletir.core.run import report_step
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.plugins import SimpletirPluginManager
     from simpletir.core.rollout import PolicyEngine, RolloutRunner
-    from simpletir.core.specs import Reward, TrajectoryFilter
+    from simpletir.core.specs import AdvantageEstimator, PolicyLossFunction, Reward, TrajectoryFilter
 
 log = logging.getLogger("simpletir.trainer")
 
@@ -76,6 +77,8 @@ class Trainer:
     reward: Reward
     filters: list[TrajectoryFilter]
     backend: TrainerBackend
+    estimator: AdvantageEstimator
+    policy_loss: PolicyLossFunction
     sampler: PromptSampler
     valid: dict[str, list[Problem]]
     checkpoints: Path
@@ -154,7 +157,12 @@ async def training_step(t: Trainer, step: int, timer: Timer) -> dict[str, float]
     # 2. advantages: one per trajectory, from the group's rewards (masked ones count in the baseline);
     #    then rows without a single loss token leave the batch: their gradient is exactly 0 anyway
     scores, group_ids = group_scores(groups)
-    advantages = grpo_advantages(scores, group_ids, norm_by_std=a.norm_adv_by_std)
+    advantages = t.estimator.compute(scores, group_ids)
+    if advantages.shape != scores.shape or not bool(torch.isfinite(advantages).all()):
+        raise PluginError(
+            f"advantage estimator {a.adv_estimator!r} returned {tuple(advantages.shape)} "
+            f"(finite: {bool(torch.isfinite(advantages).all())}) for {tuple(scores.shape)} rewards"
+        )
     batch = batch.replace(advantages=token_advantages(advantages, batch.loss_mask))
     if a.loss_agg_mode != "seq-mean-token-sum-norm":  # Dr.GRPO divides by every row, masked ones too
         batch = batch.rows(torch.nonzero(batch.loss_mask.sum(-1) > 0).flatten())
@@ -187,7 +195,7 @@ async def training_step(t: Trainer, step: int, timer: Timer) -> dict[str, float]
             for mini in mini_batches(batch, min(a.ppo_mini_batch_size, len(groups))):
                 parts: list[dict[str, float]] = []
                 result = t.backend.train_step(
-                    mini, loss_function(mini, config, parts), with_entropy=a.entropy_coeff > 0
+                    mini, loss_function(mini, config, parts, t.policy_loss), with_entropy=a.entropy_coeff > 0
                 )
                 updates.append({**merge_micro(parts), **result})
     metrics.update(mean_of(updates))
@@ -231,7 +239,12 @@ async def collect(
 # -- the objective on one micro-batch -----------------------------------------------------------
 
 
-def loss_function(mini: TrainBatch, config: ExperimentConfig, parts: list[dict[str, float]]) -> LossFn:
+def loss_function(
+    mini: TrainBatch,
+    config: ExperimentConfig,
+    parts: list[dict[str, float]],
+    policy_fn: PolicyLossFunction | None = None,
+) -> LossFn:
     """The actor loss of one micro-batch, scaled to its share of the mini-batch's loss.
 
     Gradients of the micro-batches add up to the gradient of the loss over the whole mini-batch:
@@ -272,6 +285,7 @@ def loss_function(mini: TrainBatch, config: ExperimentConfig, parts: list[dict[s
             entropy=entropy,
             entropy_coeff=a.entropy_coeff,
             token_weights=on(micro.tis_weights),
+            policy_fn=policy_fn,
         )
         weight = float(micro.loss_mask.sum()) / max(mini_tokens, 1.0)
         parts.append({"weight": weight, "loss": float(out.loss.detach()) * scale, **out.metrics()})
