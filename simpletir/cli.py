@@ -32,8 +32,8 @@ _OVERRIDES_HELP = (
     "seed's style (--val_only True --max_turns 10); later ones win"
 )
 _BLOCK_HELP = (
-    "skip the plugin with this entry-point name (repeatable, or comma-separated; "
-    "also $SIMPLETIR_BLOCK_PLUGINS)"
+    "skip the plugin with this entry-point name, or one component as KIND:NAME "
+    "(benchmark:aime24) (repeatable, or comma-separated; also $SIMPLETIR_BLOCK_PLUGINS)"
 )
 
 _EPILOG = """\
@@ -88,12 +88,11 @@ def _split_config(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _make_pm(block: Sequence[str], *, collect_failures: bool = False) -> SimpletirPluginManager:
-    from simpletir.core.plugins import make_plugin_manager, print_warning, unknown_blocked_names
+    """The plugin manager. A block naming nothing is an error of the config check (runs,
+    ``config show``); ``collect_failures`` (``simpletir plugins``) collects load failures instead."""
+    from simpletir.core.plugins import make_plugin_manager
 
-    pm = make_plugin_manager(block=block, on_load_error="collect" if collect_failures else "raise")
-    for name in unknown_blocked_names(pm):
-        print_warning(f"--block {name}: no installed plugin has this name")
-    return pm
+    return make_plugin_manager(block=block, on_load_error="collect" if collect_failures else "raise")
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -101,12 +100,17 @@ def _make_pm(block: Sequence[str], *, collect_failures: bool = False) -> Simplet
 
 def _cmd_run(args: argparse.Namespace, block: list[str]) -> int:
     from simpletir.core.config_load import load_config, resolve_config_path
+    from simpletir.core.lifecycle import process_lifecycle
     from simpletir.core.run import run_experiment
 
-    config_arg, overrides = _split_config(args.args)
-    config = load_config(resolve_config_path(config_arg), overrides)
-    pm = _make_pm(block)
-    result = run_experiment(config, pm)
+    # SIGTERM/SIGINT stop the run through its cleanup; a reaper stops its children if it is
+    # killed outright (docs/architecture.md, "Process lifecycle").
+    with process_lifecycle():
+        verbose = "--verbose" in args.args
+        config_arg, overrides = _split_config([a for a in args.args if a != "--verbose"])
+        config = load_config(resolve_config_path(config_arg), overrides)
+        pm = _make_pm(block)
+        result = run_experiment(config, pm, verbose=verbose)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
@@ -115,14 +119,20 @@ def _cmd_config_show(args: argparse.Namespace, block: list[str]) -> int:
     from simpletir.core.config_load import load_config, resolve_config_path, to_yaml, validate_config
 
     if args.help_fields:
-        from simpletir.core.config_docs import fields_text
+        from simpletir.core.config_docs import fields_text, plugin_fields_text
+        from simpletir.core.plugins import print_warning
 
+        pm = _make_pm(block, collect_failures=True)
+        for failure in pm.load_failures:
+            print_warning(failure.message())
         print(fields_text())
+        print(plugin_fields_text(pm.registry()))
         return 0
     config_arg, overrides = _split_config(args.args)
     config = load_config(resolve_config_path(config_arg), overrides)
     if args.check != "none":
-        validate_config(config, _make_pm(block), check_data=args.check == "all")
+        # the chosen components' options come back resolved, defaults included
+        config = validate_config(config, _make_pm(block), check_data=args.check == "all")
     sys.stdout.write(to_yaml(config))
     return 0
 
@@ -131,8 +141,10 @@ def _cmd_plugins(args: argparse.Namespace, block: list[str]) -> int:
     from simpletir.core.plugins import print_warning
 
     pm = _make_pm(block, collect_failures=True)
-    registry = pm.registry(strict=False)
-    problems = [failure.message() for failure in pm.load_failures] + registry.problems
+    registry = pm.registry()
+    # Warnings here, errors in a run: a contested name only stops a config that chooses it,
+    # a block naming nothing stops runs (it would silently block nothing).
+    problems = [failure.message() for failure in pm.load_failures] + registry.problems + pm.block_problems()
     for problem in problems:
         print_warning(problem)
     components = [
@@ -153,7 +165,7 @@ def _cmd_plugins(args: argparse.Namespace, block: list[str]) -> int:
             "components": components,
             "plugins": plugins,
             "load_failures": [dataclasses.asdict(f) for f in pm.load_failures],
-            "problems": registry.problems,
+            "problems": registry.problems + pm.block_problems(),
             "blocked": list(pm.blocked_names),
         }
         print(json.dumps(payload, indent=2, default=list))
@@ -201,29 +213,40 @@ def _wants_help(args: Sequence[str]) -> bool:
     return bool(args) and args[0] in ("-h", "--help")
 
 
-def _parse_show_options(args: Sequence[str]) -> argparse.Namespace:
-    """``config show``'s own options (--check, --help-fields) anywhere; the rest is CONFIG + overrides."""
-    options = argparse.Namespace(check="all", help_fields=False, args=[])
+def _parse_own_options(parser: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """Parse the options ``parser`` declares, wherever they appear in ``args``; the rest, in
+    order, is ``namespace.args`` (CONFIG and overrides).
+
+    ``config show`` takes free-form overrides (``--max_turns 10``) that argparse would reject or
+    swallow, so its own options are picked out by what its parser declares (nothing is
+    declared twice) and parsed by that parser, errors and defaults included.
+    """
+    takes_value = {
+        flag: action.nargs != 0
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction)
+        for flag in action.option_strings
+    }
+    own: list[str] = []
+    rest: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--help-fields":
-            options.help_fields = True
-        elif arg == "--check" or arg.startswith("--check="):
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif i + 1 < len(args):
+        flag = arg.split("=", 1)[0]
+        if flag in takes_value:
+            own.append(arg)
+            if takes_value[flag] and "=" not in arg and i + 1 < len(args):
                 i += 1
-                value = args[i]
-            else:
-                raise SimpletirError("--check needs a value: all, plugins or none")
-            if value not in ("all", "plugins", "none"):
-                raise SimpletirError(f"--check {value!r}: choose all, plugins or none")
-            options.check = value
+                own.append(args[i])
         else:
-            options.args.append(arg)
+            rest.append(arg)
         i += 1
-    return options
+    try:
+        namespace = parser.parse_args(own)
+    except argparse.ArgumentError as exc:  # the parser is built with exit_on_error=False
+        raise SimpletirError(f"{parser.prog}: {exc}") from exc
+    namespace.args = rest
+    return namespace
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,6 +275,11 @@ def build_parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show vLLM's own log messages on the console (they always go to the run log)",
+    )
+    run.add_argument(
         "args",
         nargs=argparse.REMAINDER,
         metavar="[CONFIG] [OVERRIDES...]",
@@ -266,7 +294,9 @@ def build_parser() -> _Parser:
     show = config_sub.add_parser(
         "show",
         help="print the fully resolved config as YAML",
-        description="Print CONFIG with overrides applied and every default filled in, after checking it.",
+        description="Print CONFIG with overrides applied and every default filled in (the chosen "
+        "components' options included), after checking it.",
+        exit_on_error=False,  # bad options are one-line errors (exit 2), see _parse_own_options
     )
     show.add_argument(
         "--check",
@@ -275,7 +305,9 @@ def build_parser() -> _Parser:
         help="what to check besides keys and types: plugin names and options, and dataset files (all)",
     )
     show.add_argument(
-        "--help-fields", action="store_true", help="list every config key with its type, default and help"
+        "--help-fields",
+        action="store_true",
+        help="list every config key, and every installed component's options, with type, default and help",
     )
     show.add_argument(
         "args",
@@ -304,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest[:1] == ["run"] and not _wants_help(rest[1:]):
             return _cmd_run(argparse.Namespace(args=rest[1:]), block)
         if rest[:2] == ["config", "show"] and not _wants_help(rest[2:]):
-            return _cmd_config_show(_parse_show_options(rest[2:]), block)
+            return _cmd_config_show(_parse_own_options(parser.subcommands["show"], rest[2:]), block)
         args = parser.parse_args(rest)
         if args.command == "plugins":
             return _cmd_plugins(args, block)
@@ -324,9 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # continues once the cause is fixed.
         print(f"simpletir: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("simpletir: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (lifecycle.Terminated)
+        from simpletir.core.lifecycle import exit_status
+
+        code, line = exit_status(exc)
+        print(f"simpletir: {line}", file=sys.stderr)
+        return code
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:

@@ -45,9 +45,10 @@ def register_tools() -> Iterable[ToolSpec]:
     """Return the tools this plugin provides, as :class:`~simpletir.core.specs.ToolSpec` records.
 
     A tool finds a call in a finished model turn (e.g. a fenced Python block), runs it and
-    formats the observation appended to the trajectory. Experiments choose tools by name
-    (``tools: [python]``). Two plugins yielding the same name stop the run with an error that
-    names both distributions.
+    formats the observation appended to the trajectory (:class:`~simpletir.core.specs.Tool`:
+    per-trajectory :class:`~simpletir.core.types.ToolContext` and sessions, prompt
+    ``instructions``, guarded calls). Experiments choose tools by name (``tools: [python]``).
+    Two plugins yielding the same name stop the run with an error that names both distributions.
     """
 
 
@@ -56,7 +57,8 @@ def register_rewards() -> Iterable[RewardSpec]:
     """Return the reward functions this plugin provides (:class:`~simpletir.core.specs.RewardSpec`).
 
     A reward scores a response against the problem's ground truth and says why
-    (``reward: math_verify``).
+    (``reward: math_verify``); with ``score_inputs`` it sees the whole picture, one
+    :class:`~simpletir.core.types.RewardInput` (problem, trajectory, text, final answer) each.
     """
 
 

@@ -117,3 +117,89 @@ FAKE_OVERRIDES = [
     "algorithm.adv_estimator=fake_adv",
     "algorithm.policy_loss=fake_loss",
 ]
+
+
+# -- components that refuse bad options, one of each kind --------------------------------------
+
+
+@dataclass
+class StrictOptions:
+    """Options refused by ``__post_init__`` (level) or by the factory (mode)."""
+
+    level: int = 1
+    mode: str = "ok"
+
+    def __post_init__(self) -> None:
+        if self.level < 1:
+            raise ValueError(f"level must be at least 1, got {self.level}")
+
+
+def strict_factory(name: str) -> Any:
+    def factory(options: StrictOptions, experiment: Any) -> Built:
+        if options.mode == "explode":
+            raise ValueError("mode 'explode' is not supported")
+        if options.mode == "vague":
+            raise ValueError("something is wrong")
+        return Built(name, options, experiment)
+
+    return factory
+
+
+class StrictComponents:
+    """A tool, reward, filter, benchmark, estimator and loss named strict_<kind>, all with StrictOptions."""
+
+    @hookimpl
+    def register_tools(self) -> list[ToolSpec]:
+        return [ToolSpec("strict_tool", strict_factory("strict_tool"), StrictOptions)]
+
+    @hookimpl
+    def register_rewards(self) -> list[RewardSpec]:
+        return [RewardSpec("strict_reward", strict_factory("strict_reward"), StrictOptions)]
+
+    @hookimpl
+    def register_filters(self) -> list[FilterSpec]:
+        return [FilterSpec("strict_filter", strict_factory("strict_filter"), StrictOptions)]
+
+    @hookimpl
+    def register_benchmarks(self) -> list[BenchmarkSpec]:
+        def factory(options: StrictOptions, experiment: Any) -> TinyBenchmark:
+            strict_factory("strict_benchmark")(options, experiment)
+            return TinyBenchmark()
+
+        return [BenchmarkSpec("strict_benchmark", factory, StrictOptions)]
+
+    @hookimpl
+    def register_advantage_estimators(self) -> list[AdvantageEstimatorSpec]:
+        return [AdvantageEstimatorSpec("strict_adv", strict_factory("strict_adv"), StrictOptions)]
+
+    @hookimpl
+    def register_policy_losses(self) -> list[PolicyLossSpec]:
+        return [PolicyLossSpec("strict_loss", strict_factory("strict_loss"), StrictOptions)]
+
+
+# The config key choosing each strict component, for tests over every kind.
+STRICT_CHOICES = {
+    "tool": ("strict_tool", "tools=[strict_tool]"),
+    "reward": ("strict_reward", "reward=strict_reward"),
+    "filter": ("strict_filter", "filters=[strict_filter]"),
+    "benchmark": ("strict_benchmark", "valid_dataset=strict_benchmark"),
+    "advantage_estimator": ("strict_adv", "algorithm.adv_estimator=strict_adv"),
+    "policy_loss": ("strict_loss", "algorithm.policy_loss=strict_loss"),
+}
+
+
+class Rival:
+    """Claims the reward name 'exact' (as FakeComponents does) and provides 'own_reward'."""
+
+    @hookimpl
+    def register_rewards(self) -> list[RewardSpec]:
+        return [
+            RewardSpec("exact", lambda o, e: Built("rival_exact", o, e)),
+            RewardSpec("own_reward", lambda o, e: Built("own_reward", o, e)),
+        ]
+
+
+# Objects entry points can name ("_plugin_fakes:FAKES"), for command-line tests.
+FAKES = FakeComponents()
+RIVAL = Rival()
+STRICT = StrictComponents()

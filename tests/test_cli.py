@@ -75,7 +75,7 @@ def test_user_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str])
         == "simpletir: error: override max_turn=3: unknown key 'max_turn' (did you mean 'max_turns'?)"
     )
     code, _, err = run_cli(capsys, "config", "show", "--check", "bogus")
-    assert code == 2 and "--check 'bogus'" in err
+    assert code == 2 and "argument --check: invalid choice: 'bogus'" in err and err.count("\n") == 1
 
 
 def test_unknown_plugin_name_through_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,6 +277,77 @@ def test_example_plugin_is_listed(example_plugin_path: Path) -> None:
     (arith,) = [c for c in payload["components"] if c["name"] == "arith_easy"]
     assert arith["kind"] == "benchmark" and arith["distribution"] == "simpletir-example-plugin"
     assert arith["version"] == "0.1.0" and arith["aliases"] == ["arith/easy"]
+    example = {
+        (c["kind"], c["name"])
+        for c in payload["components"]
+        if c["distribution"] == "simpletir-example-plugin"
+    }
+    assert example == {
+        ("benchmark", "arith_easy"),
+        ("tool", "calc"),
+        ("reward", "numeric_match"),
+        ("filter", "tool_errors"),
+        ("advantage_estimator", "fixed_baseline"),
+    }
+    assert payload["problems"] == []  # no name collides with a built-in
+
+
+def test_example_plugin_options_are_documented(example_plugin_path: Path) -> None:
+    done = _simpletir(example_plugin_path, "config", "show", "--help-fields")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "plugin_config.calc.max_exponent  (int, default 100; tool 'calc' from simpletir-example-plugin)"
+        in done.stdout
+    )
+    assert "plugin_config.fixed_baseline.baseline  (float, default 0.5;" in done.stdout
+
+
+def test_example_plugin_components_can_be_chosen_together(example_plugin_path: Path) -> None:
+    chosen = [
+        "valid_dataset=arith_easy",
+        "train_dataset=arith/easy",
+        "reward=numeric_match",
+        "filters=[void_turn, tool_errors]",
+        "algorithm.adv_estimator=fixed_baseline",
+        "tools=[calc]",
+        "val_only=False",
+    ]
+    ok = _simpletir(example_plugin_path, "config", "show", "single_turn_math", *chosen, "tool_use=True")
+    assert ok.returncode == 0, ok.stderr
+    shown = yaml.safe_load(ok.stdout)
+    assert shown["plugin_config"]["fixed_baseline"] == {"baseline": 0.5, "scale": 1.0}
+    assert shown["plugin_config"]["numeric_match"]["tolerance"] == 1e-06
+    assert shown["plugin_config"]["calc"]["decimals"] == 6 and "tool_errors" in shown["plugin_config"]
+    bad = _simpletir(
+        example_plugin_path,
+        "config",
+        "show",
+        "single_turn_math",
+        *chosen,
+        "plugin_config.tool_errors.max_errors=-1",
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == "simpletir: error: plugin_config.tool_errors.max_errors = -1 must be >= 0\n"
+
+
+def test_example_plugin_tests_pass_installed(example_plugin_path: Path) -> None:
+    """The example package's own tests (what an outsider copies) pass against the installed copy."""
+    source = example_plugin_path.parent / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(example_plugin_path),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=source,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_example_plugin_passes_config_checks(example_plugin_path: Path) -> None:

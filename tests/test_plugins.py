@@ -85,24 +85,33 @@ def test_two_plugins_claiming_one_name_names_both_distributions() -> None:
     pm = fake_pm(("clash", _Clash()))
     pm.sources["fakes"] = PluginSource("fake-dist", "1.0")
     pm.sources["clash"] = PluginSource("clash-dist", "2.3")
+    registry = pm.registry()  # collecting never fails: only choosing the contested name does
     with pytest.raises(PluginError) as info:
-        pm.registry()
+        registry.reward("exact")
     message = str(info.value)
     assert "reward 'exact' is claimed by two plugins" in message
     assert "fake-dist 1.0" in message and "clash-dist 2.3" in message
+    assert "plugin_priority" in message and "--block" in message
 
 
 def test_alias_may_not_shadow_another_benchmark() -> None:
+    registry = fake_pm(("alias_clash", _AliasClash())).registry()
     with pytest.raises(
         PluginError, match=r"benchmark 'tiny' is claimed by two plugins.*as an alias of 'other'"
     ):
-        fake_pm(("alias_clash", _AliasClash())).registry()
+        registry.benchmark("tiny")
+    assert registry.benchmark("other").name == "other"  # its own name is not contested
+    assert registry.benchmark("tiny/test").name == "tiny"  # nor is tiny's other alias
 
 
-def test_lenient_registry_records_collisions() -> None:
-    registry = fake_pm(("clash", _Clash())).registry(strict=False)
+def test_registry_records_collisions_as_problems() -> None:
+    registry = fake_pm(("clash", _Clash())).registry()
     assert registry.names("reward") == ["exact"]
     assert len(registry.problems) == 1 and "exact" in registry.problems[0]
+    assert [(e.plugin, e.spec.name) for e in registry.all() if e.spec.kind == "reward"] == [
+        ("clash", "exact"),
+        ("fakes", "exact"),
+    ]
 
 
 def test_wrong_record_type_is_a_plugin_error() -> None:
@@ -174,7 +183,9 @@ def test_builtins_provide_all_four_kinds() -> None:
     for kind in KINDS:
         assert registry.names(kind), f"no built-in {kind} registered"
         assert all(
-            e.distribution == "simpletir" for e in registry.entries[kind].values() if e.plugin != "arith_easy"
+            e.distribution == "simpletir"
+            for e in registry.entries[kind].values()
+            if e.distribution != "simpletir-example-plugin"
         )
     assert {"python_tool", "math_verify", "filters", "benchmarks"} <= {i.name for i in pm.plugin_infos()}
 

@@ -260,8 +260,9 @@ def test_cli_exec_prints_one_json_object() -> None:
         "killed_by",
         "duration_ms",
         "truncated",
+        "error",  # the tool's own failure (Tool v1); None for the sandbox's results
     }
-    assert data["stdout"] == "hi\n" and data["exit_code"] == 4
+    assert data["stdout"] == "hi\n" and data["exit_code"] == 4 and data["error"] is None
     bad = subprocess.run([*cmd, "-o", "workers=zero"], input="", capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "plugin_config.python.workers='zero'" in bad.stderr
 

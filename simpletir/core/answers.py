@@ -1,7 +1,11 @@
-"""Where a response gives its final answer: the last complete ``\\boxed{}`` outside code.
+"""Where a response gives its final answer: by default the last complete ``\\boxed{}`` outside code.
 
 Shared by the rollout loop (a turn with an answer ends the trajectory) and the reward plugins
 (what gets verified), so both agree on what counts as an answer. Pure string work, no sympy.
+
+The *answer format* is a named piece chosen by ``rollout.answer_format`` (:data:`ANSWER_FORMATS`):
+``boxed`` (SimpleTIR's, the default) or ``answer_tag`` (``<answer>...</answer>``). Each format
+brings its extractor and the line the default prompt uses to ask for it.
 
 Fenced *code* blocks are skipped: the source of ``print(f"\\\\boxed{{{x}}}")`` is code to run,
 not an answer; its output (after ``Code execution result:``) is.
@@ -10,6 +14,10 @@ not an answer; its output (after ``Code execution result:``) is.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simpletir.core.errors import ConfigError, closest
 
 # Every fenced block, matched whole (so a closing fence is never read as an opening one); the
 # sandbox runs bare and python/py fences, so those hold code, not answers. Others (```output,
@@ -88,3 +96,67 @@ def last_boxed(text: str) -> str | None:
         if content is not None and content.strip():
             return content.strip()
     return None
+
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_LONE_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{(.*)\}", re.DOTALL)
+
+
+def last_answer_tag(text: str) -> str | None:
+    """The content of the last complete ``<answer>...</answer>`` outside code blocks, stripped.
+
+    An unclosed tag (truncated output) does not count; an empty one is skipped. A content that
+    is itself one ``\\boxed{x}`` gives ``x``.
+    """
+    for match in reversed(list(_ANSWER_TAG.finditer(strip_code_blocks(text)))):
+        content = match.group(1).strip()
+        if not content:
+            continue
+        box = _LONE_BOX.fullmatch(content)
+        if box is not None and last_boxed(content) == box.group(1).strip():
+            return box.group(1).strip()
+        return content
+    return None
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a response states its final answer.
+
+    ``extract(text)`` returns the answer or None; ``instruction`` is the plain text (no format
+    braces) the default prompt uses to ask for it (see :mod:`simpletir.core.prompts`).
+    """
+
+    name: str
+    extract: Callable[[str], str | None]
+    instruction: str
+    description: str = ""
+
+
+ANSWER_FORMATS: dict[str, AnswerFormat] = {
+    "boxed": AnswerFormat(
+        "boxed",
+        last_boxed,
+        "The last part of your response should be in the following format:\n"
+        "\\boxed{'The final answer goes here.'}\n",
+        "the last complete \\boxed{...} outside code blocks (SimpleTIR's)",
+    ),
+    "answer_tag": AnswerFormat(
+        "answer_tag",
+        last_answer_tag,
+        "The last part of your response should be in the following format:\n"
+        "<answer>The final answer goes here.</answer>\n",
+        "the last complete <answer>...</answer> outside code blocks",
+    ),
+}
+
+
+def answer_format(name: str) -> AnswerFormat:
+    """The answer format called ``name``; a :class:`ConfigError` naming the key otherwise."""
+    try:
+        return ANSWER_FORMATS[name]
+    except KeyError:
+        raise ConfigError(
+            f"rollout.answer_format={name!r} is not an answer format "
+            f"(choose from {', '.join(ANSWER_FORMATS)}){closest(name, ANSWER_FORMATS)}"
+        ) from None

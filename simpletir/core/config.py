@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from simpletir.core.specs import option
+from simpletir.core.options import option
 
-# SimpleTIR's instruction (its prompt-template config): the question goes in {question}.
+# SimpleTIR's instruction (its prompt-template config): the question goes in {question}. The
+# rollout's default (prompt_template: null) assembles exactly this for the python tool and the
+# boxed answer format (simpletir.core.prompts).
 DEFAULT_PROMPT_TEMPLATE = (
     "Solve the following problem step by step. You now have the ability to selectively write "
     "executable Python code to enhance your reasoning process. The Python code will be executed "
@@ -45,7 +47,21 @@ class RolloutConfig:
     val_top_p: float = option(1.0, "validation nucleus sampling")
     val_top_k: int = option(-1, "validation top-k (-1 = off)")
     chat_template: bool = option(True, "wrap the prompt with the tokenizer's chat template")
-    prompt_template: str = option(DEFAULT_PROMPT_TEMPLATE, "instruction around each question ({question})")
+    prompt_template: str | None = option(
+        None,
+        "instruction around each question ({question}; double other braces); null = assembled from "
+        "the chosen tools' instructions and answer_format (python + boxed: SimpleTIR's prompt)",
+    )
+    answer_format: str = option(
+        "boxed",
+        "where a response gives its final answer, both to end a trajectory and to score it: "
+        "boxed (last \\boxed{}) or answer_tag (last <answer>...</answer>)",
+    )
+    tools_timeout_s: float | None = option(
+        None,
+        "per-call tool limit passed to the tool and enforced by the loop (null = each tool's own "
+        "default); a call that raises or overruns becomes a failed observation",
+    )
     max_obs_tokens: int = option(1024, "cap on one tool observation's tokens (longer is cut and marked)")
     max_concurrency: int = option(256, "trajectories generating at once")
     dtype: str = option("auto", "model dtype: auto, float32, bfloat16, float16 (auto = float32 on CPU)")
@@ -131,6 +147,11 @@ class ExperimentConfig:
     reward: str = option("math_verify", "reward by name")
     filters: list[str] = option(["void_turn", "overlong", "group"], "trajectory filters, applied in order")
     plugin_config: dict[str, Any] = option({}, "per-plugin options: plugin_config.<name>.<option>")
+    plugin_priority: dict[str, str] = option(
+        {},
+        "which plugin provides a name two plugins claim: {kind:name: plugin or distribution}, "
+        "e.g. {benchmark:aime24: my-dist}",
+    )
     # -- lengths and batch ------------------------------------------------------------------
     max_prompt_length: int = option(16000, "prompt token cap")
     max_response_length: int = option(8000, "response token cap (all turns and observations)")

@@ -2,7 +2,8 @@
 
 ``python -m simpletir.core.config_docs docs/config.md`` rewrites the reference block of that
 file between the markers below; a test fails when the block is stale. ``simpletir config show
---help-fields`` prints the plain-text form.
+--help-fields`` prints the plain-text form, followed by the options of every installed
+component (``plugin_config.<name>.<option>``, from each plugin's ``config_cls``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from simpletir.core.plugins import Registry
 
 BEGIN = "<!-- BEGIN GENERATED: python -m simpletir.core.config_docs docs/config.md -->"
 END = "<!-- END GENERATED -->"
@@ -49,12 +53,71 @@ def iter_fields(cls: type = ExperimentConfig, prefix: str = "", section: str = "
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value)
+    text = json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 4] + '..."'
 
 
 def fields_text() -> str:
     return "\n".join(f"{d.key}  ({d.type}, default {_short(d.default)})\n    {d.help}" for d in iter_fields())
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFieldDoc:
+    """One option of an installed component: ``plugin_config.<name>.<option>``."""
+
+    kind: str
+    name: str
+    option: str
+    type: str
+    default: Any
+    help: str
+    distribution: str
+
+
+def iter_plugin_fields(registry: Registry) -> Iterator[PluginFieldDoc | tuple[str, str, str]]:
+    """Each installed component's options; ``(kind, name, distribution)`` for one with none."""
+    for entry in registry.all():
+        cls = entry.spec.config_cls
+        fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
+        if not fields:
+            yield (entry.spec.kind, entry.spec.name, entry.distribution)
+            continue
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # a plugin's unresolvable annotation: show it as written
+            hints = {}
+        for f in fields:
+            default: Any = f.default
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            elif f.default is dataclasses.MISSING:
+                default = "(required)"
+            yield PluginFieldDoc(
+                kind=entry.spec.kind,
+                name=entry.spec.name,
+                option=f.name,
+                type=_type_name(hints.get(f.name, f.type)),
+                default=default,
+                help=f.metadata.get("help", ""),
+                distribution=entry.distribution,
+            )
+
+
+def plugin_fields_text(registry: Registry) -> str:
+    """``--help-fields``' second part: every installed component's options (kind, name, option,
+    type, default, help)."""
+    lines = ["", "# plugin options, under plugin_config.<name> (every installed component)"]
+    for doc in iter_plugin_fields(registry):
+        if isinstance(doc, tuple):
+            kind, name, distribution = doc
+            lines.append(f"plugin_config.{name}  (no options; {kind} {name!r} from {distribution})")
+            continue
+        owner = f"{doc.kind} {doc.name!r} from {doc.distribution}"
+        lines.append(
+            f"plugin_config.{doc.name}.{doc.option}  ({doc.type}, default {_short(doc.default)}; {owner})\n"
+            f"    {doc.help or '(no help string)'}"
+        )
+    return "\n".join(lines)
 
 
 def fields_markdown() -> str:

@@ -26,14 +26,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simpletir.core.answers import answer_format
+from simpletir.core.components import build_spec, check_components, find_benchmark
+from simpletir.core.components import plugin_options as plugin_options  # re-exported (its old home)
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.config_ranges import check_numeric_ranges
-from simpletir.core.errors import ConfigError, DataError, closest
+from simpletir.core.errors import ConfigError, DataError, closest, print_warning
 from simpletir.core.loggers import check_logger_names, check_wandb_installed
-from simpletir.core.specs import BenchmarkSpec, ComponentSpec, NoOptions
 
 if TYPE_CHECKING:
-    from simpletir.core.plugins import Registry, SimpletirPluginManager
+    from simpletir.core.plugins import SimpletirPluginManager
 
 RESUME_ENV = "RESUME"
 _DATASET_FIELDS = ("train_dataset", "valid_dataset")
@@ -231,7 +233,9 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
             key, value = arg.split("=", 1)
         else:
             raise ConfigError(f"override {arg!r} is not key=value or --key value")
-        key = key.strip().replace("-", "_") if not key.startswith("plugin_config.") else key.strip()
+        # Keys under plugin_config / plugin_priority hold plugin names, where '-' is allowed.
+        plugin_key = key.startswith(("plugin_config.", "plugin_priority."))
+        key = key.strip() if plugin_key else key.strip().replace("-", "_")
         if not key:
             raise ConfigError(f"override {arg!r} has an empty key")
         pairs.append((key, value))
@@ -369,7 +373,17 @@ def check_ranges(config: ExperimentConfig) -> None:
     if not config.val_only and not config.train_datasets:
         raise ConfigError("train_dataset is empty (set val_only=True to only evaluate)")
     check_logger_names(config.trainer.loggers)
-    template = config.rollout.prompt_template
+    answer_format(config.rollout.answer_format)  # a ConfigError with did-you-mean
+    check_prompt_template(config.rollout.prompt_template)
+
+
+def check_prompt_template(template: str | None) -> None:
+    """An explicit ``rollout.prompt_template`` must hold ``{question}`` and format cleanly.
+
+    None (the default) is assembled from the chosen tools by the rollout, always valid.
+    """
+    if template is None:
+        return
     if "{question}" not in template:
         raise ConfigError("rollout.prompt_template must contain '{question}' where the problem goes")
     try:  # filled with str.format: literal braces must be doubled ({{}})
@@ -389,88 +403,48 @@ def to_yaml(config: ExperimentConfig) -> str:
 # -- plugin options and cross-checks ----------------------------------------------------------
 
 
-def plugin_options(config: ExperimentConfig, spec: ComponentSpec) -> Any:
-    """The typed options of ``spec`` from ``plugin_config.<spec.name>`` (defaults when absent).
+def validate_config(
+    config: ExperimentConfig, pm: SimpletirPluginManager, *, check_data: bool = True
+) -> ExperimentConfig:
+    """Check every name the config chooses (loggers included), every plugin's options, and the
+    dataset files; return the config with the chosen components' options resolved.
 
-    Raises :class:`ConfigError` naming ``plugin_config.<name>.<key>`` for unknown keys (with the
-    closest option) and wrong types.
-    """
-    raw = config.plugin_config.get(spec.name) or {}
-    where = f"plugin_config.{spec.name}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping of options, got {raw!r}")
-    cls = spec.config_cls
-    if not dataclasses.is_dataclass(cls):
-        raise ConfigError(
-            f"{spec.kind} {spec.name!r}: its config_cls {cls!r} is not a dataclass (plugin bug)"
-        )
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            options = ", ".join(sorted(fields)) or "none"
-            hint = " (it takes no options)" if cls is NoOptions or not fields else f"; its options: {options}"
-            raise ConfigError(f"unknown option {where}.{key}{closest(str(key), fields)}{hint}")
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(dict(raw)))
-        return OmegaConf.to_object(typed)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        value = raw.get(str(key).split(".")[0], "?") if isinstance(key, str) else "?"
-        reason = str(exc).splitlines()[0]
-        raise ConfigError(f"{where}.{key} = {value!r}: {reason}") from exc
-
-
-def validate_config(config: ExperimentConfig, pm: SimpletirPluginManager, *, check_data: bool = True) -> None:
-    """Check every name the config chooses (loggers included), every plugin's options, and the dataset files.
-
-    Cheap by design: runs before any model, engine or sandbox starts.
+    Cheap by design: runs before any model, engine or sandbox starts (and before a run makes its
+    folder). Each chosen component's options are read and its factory called, so a plugin that
+    refuses its options fails here, in one line naming ``plugin_config.<name>.<option>``
+    (:func:`simpletir.core.components.check_components`). Warnings (options for a component
+    the config does not choose, a contested name it does not use) go to stderr.
     """
     check_logger_names(config.trainer.loggers)
     check_wandb_installed(config.trainer.loggers)
+    checked = check_components(config, pm)
+    for warning in checked.warnings:
+        print_warning(warning)
+    config = dataclasses.replace(config, plugin_config=checked.plugin_config)
+    if check_data:
+        _check_dataset_files(config, pm)
+    return config
+
+
+def _check_dataset_files(config: ExperimentConfig, pm: SimpletirPluginManager) -> None:
+    from simpletir.core.data import DATA_DIR_ENV, dataset_path, describe_data_dir_search, resolve_data_dir
+
     registry = pm.registry()
-    chosen: list[ComponentSpec] = []
-    if config.tool_use:
-        chosen.extend(registry.entry("tool", name).spec for name in config.tools)
-    chosen.append(registry.entry("reward", config.reward).spec)
-    chosen.extend(registry.entry("filter", name).spec for name in config.filters)
-    if not config.val_only:
-        chosen.append(registry.entry("advantage_estimator", config.algorithm.adv_estimator).spec)
-        chosen.append(registry.entry("policy_loss", config.algorithm.policy_loss).spec)
     datasets = list(config.valid_datasets)
     if not config.val_only:
         datasets += config.train_datasets
-    benchmarks = [(name, registry.find_benchmark(name)) for name in datasets]
-    chosen.extend(spec for _, spec in benchmarks if spec is not None)
-
-    known = {entry.spec.name for entry in registry.all()}
-    for name in config.plugin_config:
-        if name not in known:
-            raise ConfigError(
-                f"plugin_config.{name}: no installed component is named {name!r}{closest(name, known)}"
-            )
-    for spec in chosen:
-        plugin_options(config, spec)
-
-    if check_data:
-        _check_dataset_files(config, registry, benchmarks)
-
-
-def _check_dataset_files(
-    config: ExperimentConfig, registry: Registry, benchmarks: list[tuple[str, BenchmarkSpec | None]]
-) -> None:
-    from simpletir.core.data import DATA_DIR_ENV, dataset_path, describe_data_dir_search, resolve_data_dir
-
     data_dir = resolve_data_dir(config.data_dir)
     searched = (
         f"data directory {str(data_dir)!r}; set data_dir or ${DATA_DIR_ENV} to use another"
         if data_dir is not None
         else describe_data_dir_search(config.data_dir)
     )
-    for name, bench in benchmarks:
+    for name in datasets:
+        bench = find_benchmark(pm, name, config)
         if bench is not None:
             # A benchmark whose options can move its data (an explicit path, the hub) says itself
             # whether it can load, through an optional check_data(data_dir) on the built object.
-            built = bench.factory(plugin_options(config, bench), config)
+            built = build_spec(bench, config)
             check_data = getattr(built, "check_data", None)
             if callable(check_data):
                 check_data(data_dir)
@@ -484,9 +458,14 @@ def _check_dataset_files(
             if bench is None:
                 names = registry.names("benchmark") + sorted(registry.aliases)
                 installed = ", ".join(registry.names("benchmark")) or "none"
+                blocked = (
+                    f"; blocked plugins, which may provide it: {', '.join(registry.blocked_plugins)}"
+                    if registry.blocked_plugins
+                    else ""
+                )
                 raise DataError(
                     f"unknown dataset {name!r}{closest(name, names)}: no benchmark plugin provides it and "
-                    f"{str(path)!r} does not exist (benchmarks: {installed})"
+                    f"{str(path)!r} does not exist (benchmarks: {installed}{blocked})"
                 )
             raise DataError(
                 f"benchmark {bench.name!r} needs {str(path)!r}, which does not exist ({searched})"

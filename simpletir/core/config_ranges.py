@@ -71,6 +71,7 @@ NUMERIC_RULES: dict[str, Rule] = {
     "rollout.val_top_k": count_or(-1, "off"),
     "rollout.max_obs_tokens": COUNT,
     "rollout.max_concurrency": COUNT,
+    "rollout.tools_timeout_s": positive(),  # None (each tool's own default) is skipped
     "rollout.gpu_memory_utilization": unit_interval(),
     "rollout.tensor_parallel_size": COUNT,
     "algorithm.clip_ratio_low": at_least(0),

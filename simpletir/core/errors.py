@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -42,3 +43,8 @@ def closest(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def print_warning(message: str) -> None:
+    """``simpletir: warning: ...`` on stderr: something the user should know that stops nothing."""
+    print(f"simpletir: warning: {message}", file=sys.stderr)

@@ -70,9 +70,11 @@ def evaluation_fingerprint(
         "seed": config.seed,
         "sampling": {"temperature": r.val_temperature, "top_p": r.val_top_p, "top_k": r.val_top_k},
         "prompt": {
-            "template": r.prompt_template,
+            "template": r.prompt_template,  # None: assembled from the tools above
             "chat_template": r.chat_template,
             "max_obs_tokens": r.max_obs_tokens,
+            "answer_format": r.answer_format,
+            "tools_timeout_s": r.tools_timeout_s,
         },
         "valid_dataset": list(benchmarks),
         "val_sample_size": config.val_sample_size,

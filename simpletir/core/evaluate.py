@@ -13,7 +13,8 @@ max_turns=10 val_sample_size=500 output_acc_to_file=true`` reads top to bottom h
    ``<run_dir>/eval_journal.jsonl`` (fsynced) the moment its ``n_val`` samples are done; with
    ``resume`` the groups already there are read back and only the others are rolled out
    (:mod:`simpletir.core.eval_journal`; a journal of another configuration is refused);
-4. score every trajectory, journaled and new alike, with ``reward.score_many`` (the scored
+4. score every trajectory, journaled and new alike, with ``reward.score_inputs`` (problem,
+   trajectory, text, answer) when the reward has it, else ``reward.score_many`` (the scored
    text includes each tool's output, so an answer printed by ``final_answer()`` counts even in
    a last turn whose output was not appended for the model);
 5. compute :mod:`simpletir.core.metrics` per benchmark and overall, print a summary table and,
@@ -40,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from simpletir.core.answers import answer_format as find_answer_format
+from simpletir.core.components import build_spec, find_benchmark
 from simpletir.core.config import ExperimentConfig
-from simpletir.core.config_load import plugin_options
 from simpletir.core.data import (
     dataset_path,
     describe_data_dir_search,
@@ -53,7 +55,7 @@ from simpletir.core.errors import ConfigError, DataError
 from simpletir.core.eval_journal import JOURNAL_FILE, EvalJournal, evaluation_fingerprint
 from simpletir.core.fileio import atomic_write_json, atomic_write_jsonl
 from simpletir.core.metrics import evaluation_metrics
-from simpletir.core.types import Problem, Trajectory, TrajectoryGroup
+from simpletir.core.types import Problem, RewardInput, Trajectory, TrajectoryGroup
 
 if TYPE_CHECKING:
     from simpletir.core.plugins import SimpletirPluginManager
@@ -71,14 +73,13 @@ def load_benchmarks(
 ) -> dict[str, list[Problem]]:
     """``{benchmark name: problems}`` for ``config.valid_datasets`` (a seeded subsample of
     ``val_sample_size`` each) or, with ``split="train"``, every problem of ``config.train_datasets``."""
-    registry = pm.registry()
     data_dir = resolve_data_dir(config.data_dir)
     training = split == "train"
     limit = None if training or config.val_sample_size < 0 else config.val_sample_size
     key_name = "train_dataset" if training else "valid_dataset"
     loaded: dict[str, list[Problem]] = {}
     for name in config.train_datasets if training else config.valid_datasets:
-        spec = registry.find_benchmark(name)
+        spec = find_benchmark(pm, name, config)  # a name two plugins claim: plugin_priority decides
         key = spec.name if spec is not None else name
         if key in loaded:
             print(
@@ -87,7 +88,7 @@ def load_benchmarks(
             )
             continue
         if spec is not None:
-            benchmark = spec.factory(plugin_options(config, spec), config)
+            benchmark = build_spec(spec, config)
             problems = benchmark.load(data_dir, limit=limit, seed=config.seed)
         else:  # a raw SimpleTIR dataset name: its parquet file must exist
             if data_dir is None:
@@ -125,16 +126,40 @@ def scoring_text(trajectory: Trajectory) -> str:
     return "".join(parts) if trajectory.turns else trajectory.response_text
 
 
+def reward_inputs(groups: Sequence[TrajectoryGroup], answer_format: str = "boxed") -> list[RewardInput]:
+    """One :class:`RewardInput` per trajectory, in group-then-sample order."""
+    extract = find_answer_format(answer_format).extract
+    inputs = []
+    for group in groups:
+        for trajectory in group.trajectories:
+            text = scoring_text(trajectory)
+            inputs.append(RewardInput(group.problem, trajectory, text, extract(text)))
+    return inputs
+
+
 def score_groups(
-    groups: Sequence[TrajectoryGroup], reward: Reward, *, progress: bool = True
+    groups: Sequence[TrajectoryGroup],
+    reward: Reward,
+    *,
+    progress: bool = True,
+    answer_format: str = "boxed",
 ) -> list[TrajectoryGroup]:
-    """The groups with every trajectory's ``reward`` filled, via ``reward.score_many`` in chunks."""
-    items = [(scoring_text(t), g.problem.ground_truth) for g in groups for t in g.trajectories]
+    """The groups with every trajectory's ``reward`` filled, in chunks.
+
+    Through ``reward.score_inputs`` (Reward v1: problem, trajectory, text and the answer that
+    ``answer_format`` extracts) when the reward has it, else ``reward.score_many`` over
+    ``(scoring_text, ground_truth)`` pairs.
+    """
+    inputs = reward_inputs(groups, answer_format)
+    score_inputs = getattr(reward, "score_inputs", None)
     verdicts = []
-    with tqdm(total=len(items), desc="reward", unit="verdict", disable=not progress, leave=False) as bar:
-        for start in range(0, len(items), SCORE_CHUNK):
-            chunk = items[start : start + SCORE_CHUNK]
-            results = reward.score_many(chunk)
+    with tqdm(total=len(inputs), desc="reward", unit="verdict", disable=not progress, leave=False) as bar:
+        for start in range(0, len(inputs), SCORE_CHUNK):
+            chunk = inputs[start : start + SCORE_CHUNK]
+            if callable(score_inputs):
+                results = score_inputs(chunk)
+            else:
+                results = reward.score_many([(i.response_text, i.problem.ground_truth) for i in chunk])
             if len(results) != len(chunk):
                 raise RuntimeError(
                     f"reward {reward.name!r} returned {len(results)} verdicts for {len(chunk)} items"
@@ -333,7 +358,13 @@ async def evaluate_async(
     # Problem order, each group with the problem as loaded now (equal to the journal's).
     groups = [TrajectoryGroup(p, done[(name, p.id)].trajectories) for name, p in keyed]
     t0 = time.monotonic()
-    groups = await asyncio.to_thread(score_groups, groups, reward, progress=config.rollout.progress)
+    groups = await asyncio.to_thread(
+        score_groups,
+        groups,
+        reward,
+        progress=config.rollout.progress,
+        answer_format=config.rollout.answer_format,
+    )
     reward_s = time.monotonic() - t0
 
     # Groups are in problem order, so positions map them back to benchmarks.

@@ -15,6 +15,7 @@ everything logged under the ``simpletir`` logger during a run (:func:`run_log`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -320,9 +321,10 @@ def run_log_path(config: ExperimentConfig) -> Path:
 
 
 @contextmanager
-def run_log(path: str | Path) -> Iterator[Path]:
+def run_log(path: str | Path, *, verbose: bool = False) -> Iterator[Path]:
     """During the block, the ``simpletir`` logger writes to stderr (bare messages) and appends
-    to ``path`` (timestamped). Other libraries' loggers (vLLM's) are left alone."""
+    to ``path`` (timestamped); so does vLLM's, in every process of the engine, with only its
+    errors on the console unless ``verbose`` (:func:`vllm_logging`)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(target, mode="a", encoding="utf-8")
@@ -336,10 +338,106 @@ def run_log(path: str | Path) -> Iterator[Path]:
     log.addHandler(file_handler)
     log.addHandler(console)
     try:
-        yield target
+        with vllm_logging(target, verbose=verbose):
+            yield target
     finally:
         log.removeHandler(console)
         log.removeHandler(file_handler)
         file_handler.close()
         log.setLevel(saved[0])
         log.propagate = saved[1]
+
+
+# -- vLLM's own logging -----------------------------------------------------------------------
+
+VLLM_LOGGER = "vllm"
+_VLLM_HANDLERS = ("simpletir_run_log", "simpletir_console")
+_VLLM_FILE_FORMAT = "%(asctime)s %(levelname)s vllm %(processName)s[%(process)d] %(name)s: %(message)s"
+_VLLM_CONSOLE_FORMAT = "vllm %(processName)s: %(levelname)s %(message)s"
+
+
+def vllm_logging_config(path: str | Path, *, verbose: bool = False) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for the ``vllm`` logger: everything (from
+    ``$VLLM_LOGGING_LEVEL``, default INFO) appended to ``path``; on stderr only errors, or
+    everything when ``verbose``. ``disable_existing_loggers`` is off: other loggers keep theirs."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "simpletir_file": {"format": _VLLM_FILE_FORMAT},
+            "simpletir_console": {"format": _VLLM_CONSOLE_FORMAT},
+        },
+        "handlers": {
+            "simpletir_run_log": {
+                "class": "logging.FileHandler",
+                "filename": str(Path(path).resolve()),
+                "mode": "a",
+                "encoding": "utf-8",
+                "delay": True,
+                "formatter": "simpletir_file",
+                "level": level,
+            },
+            "simpletir_console": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "simpletir_console",
+                "level": level if verbose else "ERROR",
+            },
+        },
+        "loggers": {VLLM_LOGGER: {"handlers": list(_VLLM_HANDLERS), "level": level, "propagate": False}},
+    }
+
+
+@contextmanager
+def vllm_logging(path: str | Path, *, verbose: bool = False) -> Iterator[None]:
+    """During the block, vLLM logs as :func:`vllm_logging_config` says, in every process.
+
+    vLLM (0.32) reads a ``dictConfig`` JSON file named by ``$VLLM_LOGGING_CONFIG_PATH`` when it
+    builds an engine, and hands the same setting to the engine-core and worker processes it
+    spawns. The file is written to a temporary path for the block. This process's ``vllm``
+    logger gets the same handlers now, for what vLLM logs at import. A user's own
+    ``VLLM_LOGGING_CONFIG_PATH`` or ``VLLM_CONFIGURE_LOGGING=0`` is left in charge.
+    """
+    if os.environ.get("VLLM_LOGGING_CONFIG_PATH") or os.environ.get("VLLM_CONFIGURE_LOGGING") == "0":
+        yield
+        return
+    import tempfile
+
+    config = vllm_logging_config(path, verbose=verbose)
+    fd, config_path = tempfile.mkstemp(prefix="simpletir-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(config, fh)
+    logger = logging.getLogger(VLLM_LOGGER)
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    for handler in saved[2]:
+        logger.removeHandler(handler)
+    for name in _VLLM_HANDLERS:
+        spec = config["handlers"][name]
+        handler: logging.Handler = (
+            logging.FileHandler(spec["filename"], mode="a", encoding="utf-8", delay=True)
+            if name == "simpletir_run_log"
+            else logging.StreamHandler(sys.stderr)
+        )
+        handler.set_name(name)
+        handler.setLevel(spec["level"])
+        handler.setFormatter(logging.Formatter(config["formatters"][spec["formatter"]]["format"]))
+        logger.addHandler(handler)
+    logger.setLevel(config["loggers"][VLLM_LOGGER]["level"])
+    logger.propagate = False
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = config_path
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        with contextlib.suppress(OSError):
+            os.unlink(config_path)
+        # vLLM's own dictConfig may have replaced ours with handlers of the same names.
+        for handler in list(logger.handlers):
+            if handler.get_name() in _VLLM_HANDLERS:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in saved[2]:
+            logger.addHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

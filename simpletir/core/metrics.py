@@ -10,6 +10,9 @@ Definitions (every rate is a share of trajectories unless it says otherwise):
 - ``tool_usage_rate``: trajectories that executed code at least once.
 - ``code_success_rate``: executed tool calls that succeeded (exit 0, no timeout or kill), as a
   share of executed calls; None when nothing ran.
+- ``tool_errors`` / ``tool_timeouts``: executed calls where the tool itself failed (raised, or
+  overran the loop's limit: ``ToolResult.error``) / that timed out (the tool's own limit or the
+  loop's), as counts (``tool/errors`` and ``tool/timeouts`` in training).
 - ``void_turn_ratio``: trajectories with a void turn (neither a complete code block nor an answer).
 - ``truncation_ratio``: trajectories marked truncated by any cap: the response length or the
   context window (finish reason ``length``), a prompt over ``max_prompt_length``, and also an
@@ -29,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from simpletir.core.types import Trajectory, TrajectoryGroup
+from simpletir.core.types import ToolResult, Trajectory, TrajectoryGroup
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -59,6 +62,10 @@ def default_ks(n: int, extra: Iterable[int] = (5,)) -> list[int]:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _tool_error(result: ToolResult | None) -> bool:
+    return result is not None and result.error is not None and not result.timed_out
 
 
 def _answered(trajectory: Trajectory) -> bool:
@@ -104,6 +111,8 @@ def summarize(groups: Sequence[TrajectoryGroup], ks: Sequence[int] | None = None
         avg_tool_calls=_mean([float(t.num_tool_calls) for t in trajectories]),
         tool_usage_rate=_mean([float(t.used_tool) for t in trajectories]),
         code_success_rate=_mean([float(turn.code_ok) for turn in calls]) if calls else None,
+        tool_errors=sum(1 for turn in calls if _tool_error(turn.tool_result)),
+        tool_timeouts=sum(1 for turn in calls if turn.tool_result is not None and turn.tool_result.timed_out),
         void_turn_ratio=_mean([float(t.has_void_turn) for t in trajectories]),
         truncation_ratio=_mean([float(t.truncated) for t in trajectories]),
         answer_rate=_mean([float(_answered(t)) for t in trajectories]),

@@ -3,26 +3,32 @@
 :func:`make_plugin_manager` builds a fresh :class:`SimpletirPluginManager` (never a module
 global, so every test gets its own): it adds the hookspecs, loads every entry point of the
 group ``simpletir`` (the built-ins come through that very group, as a third party's do), and
-skips blocked names (``--block NAME`` / ``$SIMPLETIR_BLOCK_PLUGINS=a,b``).
+skips blocked names (``--block NAME`` / ``$SIMPLETIR_BLOCK_PLUGINS=a,b``: a whole plugin by its
+entry-point name, or one component as ``kind:name``).
 
 ``pm.registry()`` collects the spec records of the ``register_*`` hooks into a
 :class:`Registry`: lookups by name with closest-name suggestions, benchmark alias resolution,
-and a loud :class:`PluginError` when two plugins claim one name (naming both distributions).
+and, when two plugins claim one name, a :class:`PluginError` naming both distributions for a
+config that chooses it (unless its ``plugin_priority`` picks one); a contested name nobody
+chooses is only a warning. Building a chosen component from a config lives in
+:mod:`simpletir.core.components`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
 import os
-import sys
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 
 from simpletir import hookspecs
+from simpletir.core.components import build_component
 from simpletir.core.errors import PluginError, closest
+from simpletir.core.errors import print_warning as print_warning  # re-exported: cli and plugins use it
 from simpletir.core.specs import (
     AdvantageEstimatorSpec,
     BenchmarkSpec,
@@ -107,36 +113,82 @@ class Registered:
             return f"plugin {self.plugin!r} (registered in-process)"
         return f"plugin {self.plugin!r} from distribution {self.source.distribution} {self.source.version}"
 
+    def provided_by(self, provider: str) -> bool:
+        """Whether ``provider`` (an entry-point name or a distribution name) is where this came from."""
+        return self.plugin == provider or (
+            self.source is not None and _normal(self.source.distribution) == _normal(provider)
+        )
+
 
 @dataclass
 class Registry:
-    """Components by kind and name, plus benchmark aliases. Built by ``pm.registry()``."""
+    """Components by kind and name, plus benchmark aliases. Built by ``pm.registry()``.
+
+    A name (or alias) two plugins claim is *contested*: listing it works, choosing it is an
+    error naming both providers unless the config's ``plugin_priority`` picks one. A contested
+    name no config chooses costs nothing but a warning.
+    """
 
     entries: dict[ComponentKind, dict[str, Registered]] = field(
         default_factory=lambda: {k: {} for k in KINDS}
     )
     aliases: dict[str, str] = field(default_factory=dict)  # benchmark alias -> benchmark name
-    problems: list[str] = field(default_factory=list)  # collisions recorded in lenient mode
+    # Every claimant of every name and alias, in collection order (two or more: contested).
+    claims: dict[ComponentKind, dict[str, list[Registered]]] = field(
+        default_factory=lambda: {k: {} for k in KINDS}
+    )
+    # Component names removed by a component block (--block benchmark:aime24) -> that block.
+    blocked: dict[tuple[ComponentKind, str], str] = field(default_factory=dict)
+    blocked_plugins: tuple[str, ...] = ()  # whole plugins skipped (--block NAME)
+    unknown_blocks: list[str] = field(default_factory=list)  # component blocks matching nothing
+    _added: list[Registered] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """One message per contested name (what ``simpletir plugins`` warns about)."""
+        return [self.collision_message(kind, claim) for kind, claim in self.contested()]
 
     def names(self, kind: ComponentKind) -> list[str]:
         return sorted(self.entries[kind])
 
     def all(self) -> list[Registered]:
-        return [self.entries[kind][name] for kind in KINDS for name in sorted(self.entries[kind])]
+        """Every registered component, each claimant of a contested name included."""
+        order = {kind: i for i, kind in enumerate(KINDS)}
+        return sorted(self._added, key=lambda e: (order[e.spec.kind], e.spec.name, e.plugin))
 
-    def entry(self, kind: ComponentKind, name: str) -> Registered:
-        """The registered component ``name`` of ``kind`` (benchmarks also by alias)."""
-        if kind == "benchmark" and name not in self.entries[kind] and name in self.aliases:
-            name = self.aliases[name]
-        found = self.entries[kind].get(name)
-        if found is None:
-            known = self.names(kind) + (sorted(self.aliases) if kind == "benchmark" else [])
-            listing = ", ".join(self.names(kind)) or "none installed"
-            raise PluginError(f"unknown {kind} {name!r}{closest(name, known)}; available {kind}s: {listing}")
-        return found
+    def contested(self) -> list[tuple[ComponentKind, str]]:
+        return [
+            (kind, claim)
+            for kind in KINDS
+            for claim, held in sorted(self.claims[kind].items())
+            if len(held) > 1
+        ]
 
-    def get(self, kind: ComponentKind, name: str) -> ComponentSpec:
-        return self.entry(kind, name).spec
+    def entry(self, kind: ComponentKind, name: str, priority: Mapping[str, str] | None = None) -> Registered:
+        """The registered component ``name`` of ``kind`` (benchmarks also by alias).
+
+        ``priority`` (the config's ``plugin_priority``: ``{"kind:name": plugin or distribution}``)
+        picks the provider of a contested name.
+        """
+        held = self.claims[kind].get(name, [])
+        if len(held) == 1:
+            return held[0]
+        if not held:
+            raise PluginError(self._unknown_message(kind, name))
+        key = f"{kind}:{name}"
+        wanted = (priority or {}).get(key)
+        if wanted is not None:
+            preferred = [e for e in held if e.provided_by(wanted)]
+            if len(preferred) == 1:
+                return preferred[0]
+            raise PluginError(
+                f"plugin_priority.{key}={wanted!r} names none of the plugins claiming it "
+                f"({'; '.join(_claimant(e, name) for e in held)})"
+            )
+        raise PluginError(self.collision_message(kind, name))
+
+    def get(self, kind: ComponentKind, name: str, priority: Mapping[str, str] | None = None) -> ComponentSpec:
+        return self.entry(kind, name, priority).spec
 
     def tool(self, name: str) -> ToolSpec:
         return cast(ToolSpec, self.get("tool", name))
@@ -151,45 +203,72 @@ class Registry:
         """A benchmark by name or alias (``aime24`` or ``deepscaler/aime``)."""
         return cast(BenchmarkSpec, self.get("benchmark", name))
 
-    def find_benchmark(self, name: str) -> BenchmarkSpec | None:
-        """Like :meth:`benchmark` but None when no plugin provides ``name`` (e.g. a raw parquet name)."""
-        resolved = self.aliases.get(name, name)
-        found = self.entries["benchmark"].get(resolved)
-        return cast(BenchmarkSpec, found.spec) if found else None
+    def find_benchmark(self, name: str, priority: Mapping[str, str] | None = None) -> BenchmarkSpec | None:
+        """Like :meth:`benchmark` but None when no plugin provides ``name`` (e.g. a raw parquet name).
+
+        A blocked benchmark is an error saying so, not a raw name."""
+        if not self.claims["benchmark"].get(name) and ("benchmark", name) not in self.blocked:
+            return None
+        return cast(BenchmarkSpec, self.get("benchmark", name, priority))
+
+    def collision_message(self, kind: ComponentKind, claim: str) -> str:
+        held = self.claims[kind][claim]
+        providers = [_claimant(e, claim) for e in held]
+        who = (
+            f"two plugins: {providers[0]} and {providers[1]}"
+            if len(providers) == 2
+            else f"{len(providers)} plugins: {', '.join(providers[:-1])} and {providers[-1]}"
+        )
+        example = held[-1].plugin
+        return (
+            f"{kind} {claim!r} is claimed by {who}; a config choosing it must pick one with "
+            f"plugin_priority: {{'{kind}:{claim}': {example}}} (or the override "
+            f"plugin_priority.{kind}:{claim}={example}), or block one (--block PLUGIN)"
+        )
+
+    def _unknown_message(self, kind: ComponentKind, name: str) -> str:
+        how = self.blocked.get((kind, name))
+        if how is not None:
+            return f"{kind} {name!r} is blocked ({how}); remove that block to use it"
+        known = sorted(self.claims[kind])
+        listing = ", ".join(self.names(kind)) or "none installed"
+        message = f"unknown {kind} {name!r}{closest(name, known)}; available {_plural(kind)}: {listing}"
+        if self.blocked_plugins:
+            message += (
+                f" (blocked plugins, which may provide it: {', '.join(self.blocked_plugins)}; "
+                "see --block and $SIMPLETIR_BLOCK_PLUGINS)"
+            )
+        return message
 
     # -- building ---------------------------------------------------------------------------
-    def _add(self, registered: Registered, *, strict: bool) -> None:
+    def _add(self, registered: Registered) -> None:
         spec = registered.spec
         kind = spec.kind
-        claims = [spec.name, *(spec.aliases if isinstance(spec, BenchmarkSpec) else ())]
-        for claim in claims:
-            holder = self._holder(kind, claim)
-            if holder is not None:
-                first = f"{holder.provider()}{_role(holder.spec, claim)}"
-                second = f"{registered.provider()}{_role(spec, claim)}"
-                message = (
-                    f"{kind} {claim!r} is claimed by two plugins: {first} and {second}; "
-                    "uninstall one or block it (--block NAME)"
-                )
-                if strict:
-                    raise PluginError(message)
-                self.problems.append(message)
-                return
-        self.entries[kind][spec.name] = registered
+        self._added.append(registered)
+        for claim in [spec.name, *(spec.aliases if isinstance(spec, BenchmarkSpec) else ())]:
+            self.claims[kind].setdefault(claim, []).append(registered)
+        if spec.name not in self.entries[kind]:
+            self.entries[kind][spec.name] = registered
         if isinstance(spec, BenchmarkSpec):
             for alias in spec.aliases:
-                self.aliases[alias] = spec.name
+                self.aliases.setdefault(alias, spec.name)
 
-    def _holder(self, kind: ComponentKind, claim: str) -> Registered | None:
-        if claim in self.entries[kind]:
-            return self.entries[kind][claim]
-        if kind == "benchmark" and claim in self.aliases:
-            return self.entries[kind][self.aliases[claim]]
-        return None
+
+def _plural(kind: str) -> str:
+    return f"{kind}es" if kind.endswith("s") else f"{kind}s"
+
+
+def _claimant(entry: Registered, claim: str) -> str:
+    return f"{entry.provider()}{_role(entry.spec, claim)}"
 
 
 def _role(spec: ComponentSpec, claim: str) -> str:
     return "" if claim == spec.name else f" (as an alias of {spec.name!r})"
+
+
+def _normal(name: str) -> str:
+    """A distribution name in its canonical form (PEP 503): ``My_Dist`` == ``my-dist``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)
@@ -210,34 +289,86 @@ class SimpletirPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, PluginSource] = {}
         self.load_failures: list[LoadFailure] = []
+        # Every block as given (whole plugins and kind:name components), and where it came from.
         self.blocked_names: tuple[str, ...] = ()
-        self._registry: dict[bool, Registry] = {}
+        self.block_sources: dict[str, str] = {}
+        # Names of every plugin offered (installed entry points and in-process ones), blocked or not.
+        self.offered_names: set[str] = set()
+        self._registry: Registry | None = None
 
     # Any change to the set of plugins invalidates the collected registry.
     def register(self, plugin: Any, name: str | None = None) -> str | None:
-        self._registry.clear()
+        self._registry = None
         return super().register(plugin, name)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
-        self._registry.clear()
+        self._registry = None
         return super().unregister(plugin, name)
 
-    def registry(self, *, strict: bool = True) -> Registry:
-        """Collect every plugin's specs. ``strict=False`` records collisions instead of raising."""
-        if strict not in self._registry:
-            self._registry[strict] = self._collect(strict=strict)
-        return self._registry[strict]
+    @property
+    def blocked_plugins(self) -> tuple[str, ...]:
+        """Blocked whole plugins (entry-point names)."""
+        return tuple(name for name in self.blocked_names if ":" not in name)
 
-    def _collect(self, *, strict: bool) -> Registry:
-        registry = Registry()
+    @property
+    def blocked_components(self) -> tuple[str, ...]:
+        """Blocked single components, as ``kind:name``."""
+        return tuple(name for name in self.blocked_names if ":" in name)
+
+    def registry(self) -> Registry:
+        """Every plugin's specs, collected once (until a plugin is registered or unregistered).
+
+        Never fails for a contested name (only choosing one does) nor for an unknown block
+        (see :func:`block_problems`); a ``register_*`` hook that raises or yields the wrong
+        record is a :class:`PluginError` naming the plugin.
+        """
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
+
+    def _collect(self) -> Registry:
+        registry = Registry(blocked_plugins=self.blocked_plugins)
+        wanted: dict[tuple[str, str], str] = {}  # (kind, name) -> the block as given
+        for token in self.blocked_components:
+            kind, _, name = token.partition(":")
+            wanted[(kind, name)] = token
+        matched: set[str] = set()
         for kind in KINDS:
             hook_name = _HOOK_OF_KIND[kind]
             impls = sorted(getattr(self.hook, hook_name).get_hookimpls(), key=lambda impl: impl.plugin_name)
             for impl in impls:
                 for spec in self._specs_from(impl.plugin_name, hook_name, impl.function, kind):
-                    registered = Registered(spec, impl.plugin_name, self.sources.get(impl.plugin_name))
-                    registry._add(registered, strict=strict)
+                    claims = [spec.name, *(spec.aliases if isinstance(spec, BenchmarkSpec) else ())]
+                    hits = [wanted[(kind, c)] for c in claims if (kind, c) in wanted]
+                    if hits:  # a component block removes the component under all its names
+                        matched.update(hits)
+                        for claim in claims:
+                            registry.blocked[(kind, claim)] = self._describe_block(hits[0])
+                        continue
+                    registry._add(Registered(spec, impl.plugin_name, self.sources.get(impl.plugin_name)))
+        for (kind, name), token in wanted.items():
+            if token in matched:
+                continue
+            if kind not in KINDS:
+                registry.unknown_blocks.append(
+                    f"{self._describe_block(token)}: {kind!r} is not a kind of component"
+                    f"{closest(kind, KINDS)}; kinds: {', '.join(KINDS)}"
+                )
+                continue
+            known = sorted(registry.claims[kind]) if kind in registry.claims else []
+            registry.unknown_blocks.append(
+                f"{self._describe_block(token)}: no installed {kind} is named {name!r}"
+                f"{closest(name, known)}; {_plural(kind)}: {', '.join(registry.names(kind)) or 'none'}"
+            )
         return registry
+
+    def block_problems(self) -> list[str]:
+        """See :func:`block_problems`."""
+        return block_problems(self)
+
+    def _describe_block(self, token: str) -> str:
+        source = self.block_sources.get(token, "--block")
+        return f"--block {token}" if source == "--block" else f"{source}={token}"
 
     def _specs_from(
         self, plugin_name: str, hook_name: str, impl: Any, kind: ComponentKind
@@ -277,11 +408,8 @@ class SimpletirPluginManager(pluggy.PluginManager):
         return infos
 
     def build(self, kind: ComponentKind, name: str, config: ExperimentConfig) -> Any:
-        """Build the chosen component: ``spec.factory(plugin_options(config, spec), config)``."""
-        from simpletir.core.config_load import plugin_options  # config_load imports this module
-
-        spec = self.registry().get(kind, name)
-        return spec.factory(plugin_options(config, spec), config)
+        """Build the chosen component from ``config`` (:func:`.components.build_component`)."""
+        return build_component(self, kind, name, config)
 
 
 def blocked_from_env(environ: dict[str, str] | None = None) -> list[str]:
@@ -303,21 +431,28 @@ def make_plugin_manager(
 ) -> SimpletirPluginManager:
     """A fresh plugin manager with every installed plugin loaded.
 
-    ``block`` (plus ``$SIMPLETIR_BLOCK_PLUGINS``) names entry points to skip. ``plugins`` adds
-    ``(name, object)`` pairs registered in-process (tests, embedding). A plugin that fails to
-    import raises :class:`PluginError` (``on_load_error="raise"``, what runs use) or is recorded
-    in ``pm.load_failures`` for the caller to warn about (``"collect"``, what ``simpletir
-    plugins`` uses).
+    ``block`` (plus ``$SIMPLETIR_BLOCK_PLUGINS``) names what to skip: an entry-point name skips
+    that whole plugin (never imported), ``kind:name`` (``benchmark:aime24``) skips one component
+    of every plugin. Names matching nothing are reported by :func:`block_problems`. ``plugins``
+    adds ``(name, object)`` pairs registered in-process (tests, embedding). A plugin that fails
+    to import raises :class:`PluginError` (``on_load_error="raise"``, what runs use) or is
+    recorded in ``pm.load_failures`` for the caller to warn about (``"collect"``, what
+    ``simpletir plugins`` uses).
     """
     pm = SimpletirPluginManager()
-    blocked = [*block, *blocked_from_env(environ)]
-    pm.blocked_names = tuple(dict.fromkeys(blocked))
-    for name in pm.blocked_names:
+    sources = {name: "--block" for name in block} | {
+        name: f"${BLOCK_ENV}" for name in blocked_from_env(environ) if name not in block
+    }
+    pm.block_sources = {name.strip(): source for name, source in sources.items() if name.strip()}
+    pm.blocked_names = tuple(pm.block_sources)
+    for name in pm.blocked_plugins:
         pm.set_blocked(name)
     if load_entry_points:
         for ep in _entry_points():
+            pm.offered_names.add(ep.name)
             _load_entry_point(pm, ep, on_load_error)
     for name, plugin in plugins:
+        pm.offered_names.add(name)
         if pm.is_blocked(name):
             continue
         _register(pm, plugin, name, None)
@@ -374,11 +509,24 @@ def _register(pm: SimpletirPluginManager, plugin: Any, name: str, source: Plugin
 
 
 def unknown_blocked_names(pm: SimpletirPluginManager) -> list[str]:
-    """Blocked names matching no installed entry point: usually a typo worth a warning."""
-    # list_name_plugin() also lists every blocked name (with plugin None): skip those.
-    known = {ep.name for ep in _entry_points()} | {name for name, plugin in pm.list_name_plugin() if plugin}
-    return [name for name in pm.blocked_names if name not in known]
+    """Blocked plugin names matching no installed entry point or in-process plugin."""
+    known = pm.offered_names | {ep.name for ep in _entry_points()}
+    return [name for name in pm.blocked_plugins if name not in known]
 
 
-def print_warning(message: str) -> None:
-    print(f"simpletir: warning: {message}", file=sys.stderr)
+def block_problems(pm: SimpletirPluginManager) -> list[str]:
+    """One message per block that matches nothing, with the closest name: runs and ``config
+    show`` refuse them (a typo would silently block nothing); ``simpletir plugins`` warns."""
+    problems = []
+    known = sorted(pm.offered_names | {ep.name for ep in _entry_points()})
+    registry = pm.registry()
+    for name in unknown_blocked_names(pm):
+        message = (
+            f"{pm._describe_block(name)}: no installed plugin has this name{closest(name, known)}; "
+            f"plugins: {', '.join(known) or 'none'}"
+        )
+        kinds = [kind for kind in KINDS if name in registry.claims[kind]]
+        if kinds:
+            message += f" ({name!r} is a {kinds[0]}: block it alone with --block {kinds[0]}:{name})"
+        problems.append(message)
+    return problems + registry.unknown_blocks

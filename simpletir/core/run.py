@@ -149,9 +149,15 @@ class LoggerHooks:
             logger.log(report)
 
 
-def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
-    """Validate, record, configure plugins, then run the chosen stage. Returns its result."""
-    validate_config(config, pm)
+def run_experiment(
+    config: ExperimentConfig, pm: SimpletirPluginManager, *, verbose: bool = False
+) -> dict[str, Any]:
+    """Validate, record, configure plugins, then run the chosen stage. Returns its result.
+
+    ``verbose``: vLLM's own log messages also reach the console (they always go to the run log).
+    """
+    # the chosen components' options come back resolved (defaults in), so config.yaml records them
+    config = validate_config(config, pm)
     # Find the stage first: a run that cannot start leaves no run directory behind.
     stage = load_stage(*(EVALUATION_STAGE if config.val_only else TRAINING_STAGE))
     run_dir = prepare_run_dir(config)
@@ -159,7 +165,7 @@ def run_experiment(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict
     config = dataclasses.replace(config, run_dir=str(run_dir))
     try:
         with locked(run_dir):
-            return _record_and_run(config, pm, stage, run_dir)
+            return _record_and_run(config, pm, stage, run_dir, verbose=verbose)
     except BaseException:
         if fresh and remove_if_unused(run_dir):
             log.info("removed %s: the run failed before doing any work", run_dir)
@@ -171,6 +177,8 @@ def _record_and_run(
     pm: SimpletirPluginManager,
     stage: Callable[[ExperimentConfig, SimpletirPluginManager], Any],
     run_dir: Path,
+    *,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     # A fresh run records its config before the stage starts, so even a crashed run leaves it.
     # A resumed run keeps the config its folder was started with until the stage has accepted
@@ -180,7 +188,7 @@ def _record_and_run(
     if not resuming:
         atomic_write_text(run_dir / CONFIG_FILE, to_yaml(config))
     atomic_write_json(run_dir / PLUGINS_FILE, plugin_versions(pm))
-    with run_log(run_log_path(config)) as log_path:
+    with run_log(run_log_path(config), verbose=verbose) as log_path:
         what = "evaluation" if config.val_only else "training"
         log.info("simpletir %s: %s run in %s (log: %s)", __version__, what, run_dir, log_path)
         try:

@@ -17,29 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from simpletir.core.types import Problem, RewardResult, ToolCall, ToolResult, TrajectoryGroup
+# option() and NoOptions live in the leaf module simpletir.core.options; re-exported here so
+# plugins keep writing ``from simpletir.core.specs import option``.
+from simpletir.core.options import NoOptions as NoOptions
+from simpletir.core.options import option as option
+from simpletir.core.types import Problem, RewardResult, ToolCall, ToolContext, ToolResult, TrajectoryGroup
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from simpletir.core.algo import PolicyLoss
     from simpletir.core.config import ExperimentConfig
-
-
-def option(default: Any, help: str) -> Any:
-    """A config dataclass field with a help string (``simpletir config show --help-fields``).
-
-    Mutable defaults (lists, dicts) are wrapped in a factory, so instances never share them.
-    Plugins use it for their ``config_cls`` fields as the core schema does.
-    """
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """Config class for a component that takes no options."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +37,30 @@ class NoOptions:
 
 @runtime_checkable
 class Tool(Protocol):
-    """Finds a call in a finished model turn, runs it, and formats what the model sees next."""
+    """Finds a call in a finished model turn, runs it, and formats what the model sees next.
+
+    Tool v1. ``parse_call`` and ``run`` receive a :class:`~simpletir.core.types.ToolContext`
+    (problem, sample index, turn index, this trajectory's session) as the keyword ``ctx`` when
+    their signature names a ``ctx`` parameter (or takes ``**kwargs``); a tool written before v1,
+    with ``run(call)`` alone, keeps working. The loop decides this once per tool, when the
+    rollout is built. It bounds every call (``rollout.tools_timeout_s``, passed as
+    ``timeout_s=`` when ``run`` takes it, else the tool's ``timeout_s``, else 60 s) and turns an
+    exception or an overrun into a failed result with ``error`` set, for that trajectory only.
+
+    Optional members, used when present (not required by ``isinstance(x, Tool)``):
+
+    * ``instructions: str``: plain text (no doubled braces) the default prompt includes to
+      tell the model how to call this tool (:mod:`simpletir.core.prompts`);
+    * ``timeout_s: float``: the tool's own default per-call limit, which the loop enforces
+      when ``rollout.tools_timeout_s`` is unset;
+    * ``enforces_timeout: bool``: True when ``run`` honours ``timeout_s`` itself and must not be
+      cut off by the loop (the python sandbox: a call may first wait for a free worker);
+    * ``open_session(ctx) -> session`` and ``close_session(session) -> None`` (either may be
+      ``async``): called once per trajectory, before its first turn and when it ends (however
+      it ends); every ``ctx.session`` of that trajectory is the object ``open_session`` returned.
+      An ``open_session`` that raises makes each call of the tool in that trajectory a failed
+      result; a failing ``close_session`` is logged.
+    """
 
     name: str
 
@@ -58,12 +69,18 @@ class Tool(Protocol):
         """Strings after which generation must stop so the tool can run (e.g. a closing fence)."""
         ...
 
-    def parse_call(self, turn_text: str) -> ToolCall | None:
-        """The call a turn makes, or None. Only *complete* calls count (a void turn has none)."""
+    def parse_call(self, turn_text: str, ctx: ToolContext | None = None) -> ToolCall | None:
+        """The call a turn makes, or None. Only *complete* calls count (a void turn has none).
+
+        Called after every stop string too: a None there makes the turn continue generating.
+        """
         ...
 
-    async def run(self, call: ToolCall, *, timeout_s: float | None = None) -> ToolResult:
-        """Execute the call. Never raises for a failure of the code itself: that is a result."""
+    async def run(
+        self, call: ToolCall, ctx: ToolContext | None = None, *, timeout_s: float | None = None
+    ) -> ToolResult:
+        """Execute the call within ``timeout_s`` (None: the tool's default). A failure of the
+        code itself is a result, not an exception; the loop still catches one the tool raises."""
         ...
 
     def run_many(self, calls: Sequence[ToolCall]) -> AsyncIterator[tuple[int, ToolResult]]:
@@ -81,7 +98,16 @@ class Tool(Protocol):
 
 @runtime_checkable
 class Reward(Protocol):
-    """Scores a response against a ground truth, with a reason."""
+    """Scores a response against a ground truth, with a reason.
+
+    Reward v1: a reward that needs more than the text (the problem's ``meta`` or
+    ``data_source``, the turns, tool calls and results, the finish reason) also defines the
+    optional ``score_inputs(inputs: Sequence[RewardInput]) -> list[RewardResult]`` (same order,
+    bounded time per item); the core then calls it instead of ``score_many``. Each
+    :class:`~simpletir.core.types.RewardInput` holds the problem, the trajectory, the scored
+    response text and the final answer extracted by ``rollout.answer_format``. ``score_many``
+    over ``(response_text, ground_truth)`` pairs stays the simple form.
+    """
 
     name: str
 
@@ -191,6 +217,10 @@ class ComponentSpec:
     ``options`` is an instance of ``config_cls`` filled from ``plugin_config.<name>``;
     ``experiment`` is the whole resolved :class:`~simpletir.core.config.ExperimentConfig`, so a
     component may honour the seed's top-level flags (``mask_void_turns``, ``remove_clip``...).
+    The factory must be cheap (no processes, models or connections: start those on first use):
+    the config check calls it before every run (:mod:`simpletir.core.components`). A
+    ``ConfigError`` or ``ValueError`` it (or ``config_cls.__post_init__``) raises is reported
+    as one line naming ``plugin_config.<name>.<option>``.
     """
 
     kind: ClassVar[ComponentKind]

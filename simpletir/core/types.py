@@ -70,19 +70,42 @@ class ToolResult:
     killed_by: KilledBy | None = None
     duration_ms: float = 0.0
     truncated: bool = False
+    # Set when the *tool* failed rather than the code it ran: it raised, returned something
+    # that is no ToolResult, or overran the loop's per-call limit (then ``timed_out`` too).
+    # Counted in ``tool/errors`` (and ``tool/timeouts``); the trajectory goes on with it.
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.killed_by is None
+        return self.exit_code == 0 and not self.timed_out and self.killed_by is None and self.error is None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class ToolContext:
+    """Where a tool call happens: passed to ``Tool.parse_call`` and ``Tool.run`` (Tool v1).
+
+    One trajectory is ``(problem, sample_index)`` within a rollout; ``turn_index`` counts its
+    model turns from 0. ``session`` is what the tool's ``open_session(ctx)`` returned for *this
+    trajectory* (opened before its first turn, closed by ``close_session(session)`` when it
+    ends, however it ends), or None for a tool without sessions; a stateful tool (a REPL that
+    keeps variables, a browser) keeps its per-trajectory state there. ``training`` is False in
+    validation and evaluation rollouts.
+    """
+
+    problem: Problem
+    sample_index: int
+    turn_index: int
+    training: bool = False
+    session: Any = None
+
+
 class FinishReason(StrEnum):
     """Why a trajectory ended. Every trajectory records exactly one."""
 
-    ANSWER = "answer"  # a turn gave a final \\boxed{} answer
+    ANSWER = "answer"  # a turn gave a final answer (\\boxed{} by default; rollout.answer_format)
     EOS = "eos"  # the model stopped (EOS / stop token) without a code block
     VOID_TURN = "void_turn"  # a turn had neither a complete code block nor a final answer
     MAX_TURNS = "max_turns"  # the turn budget ran out
@@ -254,3 +277,25 @@ class StepReport:
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
     phase: Literal["train", "val"] = "train"
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    """Everything a reward may judge one trajectory by (Reward v1, ``Reward.score_inputs``).
+
+    ``problem`` carries ``ground_truth``, ``data_source``, ``benchmark`` and ``meta`` (the
+    dataset's ``extra_info`` and other columns); ``trajectory`` the turns with their tool
+    calls and results, the finish reason and truncation; ``response_text`` is the text the
+    built-in reward reads (each turn's text followed by its tool output, see
+    :func:`simpletir.core.evaluate.scoring_text`); ``final_answer`` is what the configured
+    answer format (``rollout.answer_format``) extracts from ``response_text``, or None.
+    """
+
+    problem: Problem
+    trajectory: Trajectory
+    response_text: str
+    final_answer: str | None
+
+    @property
+    def ground_truth(self) -> str:
+        return self.problem.ground_truth

@@ -7,7 +7,8 @@ groups = runner.run(problems, n=4, training=False)   # list[TrajectoryGroup]
 engine.close()
 """
 
-from simpletir.core.rollout.engine import Generation, PolicyEngine, SamplingParams, build_engine
+from simpletir.core.rollout.engine import Generation, PolicyEngine, SamplingParams
+from simpletir.core.rollout.factory import build_engine
 from simpletir.core.rollout.loop import RolloutRunner
 from simpletir.core.rollout.models import PACKAGED, resolve_model
 

@@ -17,12 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from simpletir.core.errors import ConfigError
-
 if TYPE_CHECKING:
     import torch
 
-    from simpletir.core.config import ExperimentConfig
 
 EngineFinish = Literal["stop", "eos", "length"]
 
@@ -113,33 +110,6 @@ class PolicyEngine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def build_engine(config: ExperimentConfig) -> PolicyEngine:
-    """The engine ``config.rollout.engine`` names, loading ``config.model_name``."""
-    from simpletir.core.rollout.models import resolve_model
-
-    rollout = config.rollout
-    model_dir = resolve_model(config.model_name)
-    max_model_len = config.max_prompt_length + config.max_response_length
-    if rollout.engine == "hf":
-        from simpletir.core.rollout.hf_engine import HFEngine
-
-        return HFEngine(model_dir, dtype=rollout.dtype, seed=config.seed, max_model_len=max_model_len)
-    if rollout.engine == "vllm":
-        from simpletir.core.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(
-            model_dir,
-            dtype=rollout.dtype,
-            seed=config.seed,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=rollout.gpu_memory_utilization,
-            tensor_parallel_size=rollout.tensor_parallel_size,
-            enforce_eager=rollout.enforce_eager,
-            max_num_seqs=rollout.max_concurrency,
-        )
-    raise ConfigError(f"rollout.engine={rollout.engine!r} is not one of 'vllm', 'hf'")
 
 
 def eos_ids_of(model_dir: Any, tokenizer: Any) -> frozenset[int]:

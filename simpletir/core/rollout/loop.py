@@ -17,8 +17,8 @@ How a trajectory ends (``finish_reason``), checked in this order after each turn
 
 * ``length``: a length cap cut the turn (``truncated``; cause ``response_length`` or
   ``context_window``), even if the cut turn holds an answer (it stays on the turn);
-* ``answer``: the turn holds a ``\\boxed{}`` answer (a complete call in it still runs; its
-  output is recorded, not appended, as in SimpleTIR);
+* ``answer``: the turn holds an answer in ``rollout.answer_format`` (``\\boxed{}`` by default;
+  a complete call in it still runs; its output is recorded, not appended, as in SimpleTIR);
 * ``eos``: the model stopped after a complete call that no stop string caught (the code runs,
   its output is not appended), or, single-turn (``tool_use=False``), without an answer;
 * ``void_turn``: the model stopped with neither a complete call nor an answer (``is_void``);
@@ -34,27 +34,47 @@ empty ``prompt_too_long`` trajectory.
 
 Concurrency: each trajectory is its own coroutine, so while one awaits its tool the others keep
 generating; there is no batch-wide barrier between turns.
+
+Tools (v1, see :class:`~simpletir.core.specs.Tool`): each trajectory opens a session of every
+tool that has ``open_session`` before its first turn and closes it when it ends, however it
+ends; ``parse_call`` and ``run`` receive a :class:`~simpletir.core.types.ToolContext` (problem,
+sample, turn, session) when they take a ``ctx`` parameter (decided once per tool, from its
+signature; older tools keep working). Each call is bounded: ``rollout.tools_timeout_s`` when set
+(also passed to ``run(timeout_s=)``), else the tool's own ``timeout_s`` attribute, else
+:data:`DEFAULT_TOOL_TIMEOUT_S`; a tool told its limit gets :data:`TOOL_TIMEOUT_GRACE_S` more to
+report its own timeout first. A tool that declares ``enforces_timeout = True`` (the python
+sandbox: its pool kills an overrunning snippet, and a call queued for a free worker is not yet
+running) is passed the limit but not cut off by the loop. A call that raises, returns no
+``ToolResult`` or overruns becomes a failed result with ``error`` set (``timed_out`` too for an
+overrun): the model sees it as the observation and only that trajectory is affected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import hashlib
 import inspect
 import itertools
+import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from simpletir.core.answers import last_boxed
+from simpletir.core.answers import answer_format
 from simpletir.core.errors import ConfigError
+from simpletir.core.prompts import assemble_prompt_template, tool_instructions
 from simpletir.core.rollout.engine import PolicyEngine, SamplingParams
 from simpletir.core.types import (
     FinishReason,
     Problem,
     ToolCall,
+    ToolContext,
     ToolResult,
     Trajectory,
     TrajectoryGroup,
@@ -66,8 +86,120 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.specs import Tool
 
+log = logging.getLogger(__name__)
+
 # Called with (index of the problem, its finished group); may return an awaitable.
 OnGroup = Callable[[int, TrajectoryGroup], "Awaitable[None] | None"]
+
+DEFAULT_TOOL_TIMEOUT_S = 60.0  # per-call limit of a tool that declares no timeout_s of its own
+TOOL_TIMEOUT_GRACE_S = 10.0  # extra wait for a tool that was told its limit to report it itself
+
+
+class _Overran(Exception):
+    """A tool call (or session open/close) did not return within its limit."""
+
+
+def _takes(function: Any, name: str) -> bool:
+    """True when ``function`` accepts the keyword ``name`` (by that name, or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _positive_number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class _ToolAdapter:
+    """How the loop calls one tool, decided once from its signatures and attributes."""
+
+    index: int
+    tool: Tool
+    parse_takes_ctx: bool
+    run_takes_ctx: bool
+    timeout_for_run: float | None  # passed as run(timeout_s=); None: the tool's own default
+    deadline_s: float | None  # the loop cancels a call after this long; None: the tool enforces it
+    session_deadline_s: float  # the same bound for open_session / close_session
+    has_sessions: bool
+
+    @classmethod
+    def of(cls, index: int, tool: Tool, configured: float | None) -> _ToolAdapter:
+        takes_timeout = _takes(tool.run, "timeout_s")
+        limit = configured or _positive_number(getattr(tool, "timeout_s", None)) or DEFAULT_TOOL_TIMEOUT_S
+        deadline = limit + TOOL_TIMEOUT_GRACE_S if takes_timeout else limit
+        enforced = takes_timeout and getattr(tool, "enforces_timeout", False) is True
+        return cls(
+            index=index,
+            tool=tool,
+            parse_takes_ctx=_takes(tool.parse_call, "ctx"),
+            run_takes_ctx=_takes(tool.run, "ctx"),
+            timeout_for_run=configured if takes_timeout else None,
+            deadline_s=None if enforced else deadline,
+            session_deadline_s=deadline,
+            has_sessions=callable(getattr(tool, "open_session", None)),
+        )
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.tool, "name", type(self.tool).__name__))
+
+
+@dataclass
+class _ToolState:
+    """One trajectory's view of the tools: where it is, and the sessions it opened."""
+
+    problem: Problem
+    sample_index: int
+    training: bool
+    turn: int = 0
+    sessions: dict[int, Any] = field(default_factory=dict)
+    open_errors: dict[int, str] = field(default_factory=dict)
+
+    def ctx(self, index: int) -> ToolContext:
+        return ToolContext(
+            problem=self.problem,
+            sample_index=self.sample_index,
+            turn_index=self.turn,
+            training=self.training,
+            session=self.sessions.get(index),
+        )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome as seen (no "exception was never retrieved" at exit)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _bounded(make: Callable[[], Any], limit_s: float | None) -> Any:
+    """``make()``, awaited when it returns an awaitable, for at most ``limit_s`` seconds (None: no bound).
+
+    Raises :class:`_Overran` after cancelling a call that overran; re-raises what the call
+    raised. A call that ignores its cancellation is left behind, not waited for.
+    """
+    outcome = make()
+    if not inspect.isawaitable(outcome):
+        return outcome
+    if limit_s is None:
+        return await outcome
+    task = asyncio.ensure_future(outcome)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        await asyncio.wait({task}, timeout=TOOL_TIMEOUT_GRACE_S)
+        raise _Overran
+    return task.result()
 
 
 @dataclass
@@ -119,14 +251,22 @@ class RolloutRunner:
             raise ConfigError(f"rollout.max_obs_tokens={config.rollout.max_obs_tokens} must be >= 1")
         if config.rollout.max_concurrency < 1:
             raise ConfigError(f"rollout.max_concurrency={config.rollout.max_concurrency} must be >= 1")
+        configured = config.rollout.tools_timeout_s
+        if configured is not None and _positive_number(configured) is None:
+            raise ConfigError(f"rollout.tools_timeout_s={configured!r} must be a positive number or null")
+        self.answer_format = answer_format(config.rollout.answer_format)
+        template = config.rollout.prompt_template
+        if template is None:  # assembled from the chosen tools' instructions
+            template = assemble_prompt_template(tool_instructions(self.tools), self.answer_format.instruction)
+        self.prompt_template = template
         try:
-            config.rollout.prompt_template.format(question="")
+            template.format(question="")
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(
                 f"rollout.prompt_template must contain {{question}} and escape other braces as "
                 f"{{{{ }}}}: {exc!r}"
             ) from exc
-        if "{question}" not in config.rollout.prompt_template:
+        if "{question}" not in template:
             raise ConfigError("rollout.prompt_template has no {question} placeholder")
         if config.rollout.chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
@@ -135,12 +275,14 @@ class RolloutRunner:
             )
         # Every tool's stop strings, in order, without duplicates.
         self.stop = tuple(dict.fromkeys(s for tool in self.tools for s in tool.stop_strings))
+        self._adapters = [_ToolAdapter.of(i, tool, configured) for i, tool in enumerate(self.tools)]
+        self._reported: set[str] = set()  # tools whose first failure was logged with its traceback
         self._calls = itertools.count()
 
     # -- prompts --------------------------------------------------------------------------
     def build_prompt(self, problem: Problem) -> tuple[list[int], str]:
         """Prompt ids and text: the template wraps the last user message; chat template optional."""
-        content = self.config.rollout.prompt_template.format(question=problem.question)
+        content = self.prompt_template.format(question=problem.question)
         messages = [{"role": m.role, "content": m.content} for m in problem.messages]
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if users:
@@ -186,8 +328,10 @@ class RolloutRunner:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.arun(problems, n=n, training=training, on_group=on_group))
-        raise RuntimeError("RolloutRunner.run called inside a running event loop: await runner.arun()")
+            pass  # no loop running: start one (outside this handler, so errors carry no context)
+        else:
+            raise RuntimeError("RolloutRunner.run called inside a running event loop: await runner.arun()")
+        return asyncio.run(self.arun(problems, n=n, training=training, on_group=on_group))
 
     async def arun(
         self,
@@ -262,23 +406,41 @@ class RolloutRunner:
         training: bool,
         seed_key: tuple[object, ...] = (),
     ) -> Trajectory:
+        if len(prompt[0]) > self.config.max_prompt_length:
+            out = _Builder()
+            out.truncate("prompt_length")
+            return self._finish(problem, k, prompt, out, FinishReason.PROMPT_TOO_LONG)
+        state = _ToolState(problem, k, training)
+        try:
+            await self._open_sessions(state)
+            return await self._turns(problem, prompt, k, training, seed_key, state)
+        finally:
+            await self._close_sessions(state)
+
+    async def _turns(
+        self,
+        problem: Problem,
+        prompt: tuple[list[int], str],
+        k: int,
+        training: bool,
+        seed_key: tuple[object, ...],
+        state: _ToolState,
+    ) -> Trajectory:
         prompt_ids = prompt[0]
         cfg = self.config
         out = _Builder()
-        if len(prompt_ids) > cfg.max_prompt_length:
-            out.truncate("prompt_length")
-            return self._finish(problem, k, prompt, out, FinishReason.PROMPT_TOO_LONG)
         max_turns = cfg.max_turns if cfg.tool_use else 1
         requests = itertools.count()
         for index in range(max_turns):
+            state.turn = index
             start = len(out.ids)
             end = await self._generate_turn(
-                prompt_ids, out, training, lambda: self._seed(*seed_key, next(requests))
+                prompt_ids, out, training, lambda: self._seed(*seed_key, next(requests)), state
             )
             turn_ids = out.ids[start:]
             text = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
-            found = self._parse(text)
-            answer = last_boxed(text)
+            found = self._parse(text, state)
+            answer = self.answer_format.extract(text)
             turn = Turn(
                 index=index,
                 gen_span=(start, len(out.ids)),
@@ -294,7 +456,7 @@ class RolloutRunner:
                 void = cfg.tool_use and found is None and answer is None
                 out.turns.append(_replace(turn, truncated=True, is_void=void))
                 return self._finish(problem, k, prompt, out, FinishReason.LENGTH)
-            result = await found[0].run(found[1]) if found else None
+            result = await self._call_tool(found[0], found[1], state) if found else None
             turn = _replace(turn, tool_result=result)
             if answer is not None:
                 out.turns.append(turn)
@@ -313,7 +475,7 @@ class RolloutRunner:
         raise AssertionError("unreachable: the last turn always finishes the trajectory")
 
     async def _generate_turn(
-        self, prompt_ids: list[int], out: _Builder, training: bool, seed: Callable[[], int]
+        self, prompt_ids: list[int], out: _Builder, training: bool, seed: Callable[[], int], state: _ToolState
     ) -> _TurnEnd:
         """Generate one turn into ``out``, continuing past stop strings that end no complete call."""
         start = len(out.ids)
@@ -327,7 +489,7 @@ class RolloutRunner:
             out.add_generated(gen.token_ids, gen.logprobs)
             if gen.finish == "stop":
                 text = self.tokenizer.decode(out.ids[start:], skip_special_tokens=True)
-                if self._parse(text) is None:
+                if self._parse(text, state) is None:
                     continue  # the stop string fired on something that is no complete call
                 return _TurnEnd("stop")
             if gen.finish == "length":
@@ -336,18 +498,119 @@ class RolloutRunner:
                 return _TurnEnd("length", "response_length" if budget <= room else "context_window")
             return _TurnEnd("eos")
 
-    def _parse(self, text: str) -> tuple[Tool, ToolCall] | None:
-        for tool in self.tools:
-            call = tool.parse_call(text)
+    def _parse(self, text: str, state: _ToolState) -> tuple[_ToolAdapter, ToolCall] | None:
+        for adapter in self._adapters:
+            if adapter.parse_takes_ctx:
+                call = adapter.tool.parse_call(text, ctx=state.ctx(adapter.index))
+            else:
+                call = adapter.tool.parse_call(text)
             if call is not None:
-                return tool, call
+                return adapter, call
         return None
 
+    # -- tool calls, guarded ----------------------------------------------------------------
+    def _report(self, adapter: _ToolAdapter, what: str, exc: BaseException | None = None) -> None:
+        """Log a tool's failure: the first one per tool with its traceback, later ones briefly."""
+        first = adapter.name not in self._reported
+        self._reported.add(adapter.name)
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(
+            level, "tool %r: %s (the trajectory goes on)", adapter.name, what, exc_info=exc if first else None
+        )
+
+    async def _open_sessions(self, state: _ToolState) -> None:
+        for adapter in self._adapters:
+            if not adapter.has_sessions:
+                continue
+            open_session = adapter.tool.open_session  # type: ignore[attr-defined]
+            try:
+                state.sessions[adapter.index] = await _bounded(
+                    functools.partial(open_session, state.ctx(adapter.index)), adapter.session_deadline_s
+                )
+            except _Overran:
+                state.open_errors[adapter.index] = (
+                    f"open_session did not return within {adapter.session_deadline_s:g} s"
+                )
+            except Exception as exc:
+                state.open_errors[adapter.index] = f"open_session raised {type(exc).__name__}: {exc}"
+                self._report(adapter, state.open_errors[adapter.index], exc)
+
+    async def _close_sessions(self, state: _ToolState) -> None:
+        for adapter in reversed(self._adapters):
+            if adapter.index not in state.sessions:
+                continue
+            session = state.sessions.pop(adapter.index)
+            close = getattr(adapter.tool, "close_session", None)
+            if not callable(close):
+                continue
+            try:
+                await _bounded(functools.partial(close, session), adapter.session_deadline_s)
+            except _Overran:
+                self._report(adapter, f"close_session did not return within {adapter.session_deadline_s:g} s")
+            except Exception as exc:
+                self._report(adapter, f"close_session raised {type(exc).__name__}: {exc}", exc)
+
+    async def _call_tool(self, adapter: _ToolAdapter, call: ToolCall, state: _ToolState) -> ToolResult:
+        """The tool's result, or a failed one (``error`` set) when it raised or overran."""
+        name = adapter.name
+        if adapter.index in state.open_errors:
+            message = f"tool {name!r}: {state.open_errors[adapter.index]}"
+            return ToolResult(stdout="", stderr=message, exit_code=None, error=message)
+        kwargs: dict[str, Any] = {}
+        if adapter.run_takes_ctx:
+            kwargs["ctx"] = state.ctx(adapter.index)
+        if adapter.timeout_for_run is not None:
+            kwargs["timeout_s"] = adapter.timeout_for_run
+        started = time.perf_counter()
+        try:
+            result = await _bounded(functools.partial(adapter.tool.run, call, **kwargs), adapter.deadline_s)
+        except _Overran:
+            message = f"tool {name!r} did not return within {adapter.deadline_s:g} s; the call was cancelled"
+            self._report(adapter, message)
+            return ToolResult(
+                stdout="",
+                stderr="",
+                exit_code=None,
+                timed_out=True,
+                killed_by="timeout",
+                duration_ms=(time.perf_counter() - started) * 1000.0,
+                error=message,
+            )
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            self._report(adapter, f"run raised {message}", exc)
+            return ToolResult(
+                stdout="",
+                stderr=message,
+                exit_code=None,
+                duration_ms=(time.perf_counter() - started) * 1000.0,
+                error=f"tool {name!r} raised {message}",
+            )
+        if not isinstance(result, ToolResult):
+            message = f"tool {name!r} returned {type(result).__name__}, not a ToolResult"
+            self._report(adapter, message)
+            return ToolResult(stdout="", stderr=message, exit_code=None, error=message)
+        return result
+
+    def _observe(self, adapter: _ToolAdapter, result: ToolResult) -> tuple[str, ToolResult]:
+        """The observation text; a failing ``format_observation`` gives a plain error text instead."""
+        try:
+            observation = adapter.tool.format_observation(result)
+            if not isinstance(observation, str):
+                raise TypeError(f"format_observation returned {type(observation).__name__}, not str")
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            self._report(adapter, f"format_observation raised {message}", exc)
+            return f"\nTool error: {message}\n", dataclasses.replace(result, error=result.error or message)
+        return observation, result
+
     def _append_observation(
-        self, out: _Builder, turn: Turn, tool: Tool, result: ToolResult, prompt_len: int
+        self, out: _Builder, turn: Turn, adapter: _ToolAdapter, result: ToolResult, prompt_len: int
     ) -> bool:
         """Append the tool's observation ids; False (trajectory over) when they do not fit."""
-        observation = tool.format_observation(result)
+        observation, observed = self._observe(adapter, result)
+        if observed is not result:
+            turn = _replace(turn, tool_result=observed)
         ids = list(self.tokenizer.encode(observation, add_special_tokens=False))
         cap = self.config.rollout.max_obs_tokens
         cut = len(ids) > cap

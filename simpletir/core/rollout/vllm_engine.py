@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
@@ -79,6 +80,23 @@ def _load_weights_file(worker: Any, paths: list[str]) -> int:
         if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
             module.quant_method.process_weights_after_loading(module)
     return count
+
+
+def _block_sigint_for_children() -> None:
+    """Block SIGINT in this (the engine) thread, from which vLLM spawns its engine-core process
+    (and that one its workers): they inherit the mask, so a Ctrl-C, which the terminal sends to
+    the whole process group, reaches only the main process, which shuts the engine down in
+    order (vLLM stops its processes with SIGTERM). Left to them, it made each print tracebacks.
+
+    multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it, so
+    it is started before.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 class VLLMEngine(PolicyEngine):
@@ -149,6 +167,7 @@ class VLLMEngine(PolicyEngine):
     async def _start(self, args: Any) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        _block_sigint_for_children()
         return AsyncLLM.from_engine_args(args)
 
     def _call(self, coro: Any) -> Any:

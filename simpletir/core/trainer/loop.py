@@ -229,7 +229,9 @@ async def collect(
         groups = await t.runner.arun(problems, training=True, seed_round=("train", step, draw))
         generated += sum(tr.num_loss_tokens for g in groups for tr in g.trajectories)  # before any filter
         with timer("reward"):
-            scored = await asyncio.to_thread(score_groups, groups, t.reward, progress=False)
+            scored = await asyncio.to_thread(
+                score_groups, groups, t.reward, progress=False, answer_format=config.rollout.answer_format
+            )
         collector.add(scored, prompts=len(problems))
         draw += 1
     result = collector.result()
@@ -350,7 +352,12 @@ def tis_weights(batch: TrainBatch, cap: float) -> torch.Tensor:
 
 
 def tool_metrics(groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
-    """Sandbox seconds (summed over calls, overlapping generation) and failed calls of the trained groups."""
+    """Sandbox seconds (summed over calls, overlapping generation) and failed calls of the trained groups.
+
+    ``tool/failed`` counts every call that did not succeed (the code's own errors included);
+    ``tool/errors`` the calls where the *tool* failed (raised, or overran the loop's limit), and
+    ``tool/timeouts`` the calls that timed out (the tool's own limit or the loop's).
+    """
     results = [
         turn.tool_result for g in groups for tr in g.trajectories for turn in tr.turns if turn.tool_result
     ]
@@ -358,6 +365,8 @@ def tool_metrics(groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
         "timing/tools_s": sum(r.duration_ms for r in results) / 1000.0,
         "tool/calls": float(len(results)),
         "tool/failed": float(sum(not r.ok for r in results)),
+        "tool/errors": float(sum(r.error is not None and not r.timed_out for r in results)),
+        "tool/timeouts": float(sum(r.timed_out for r in results)),
     }
 
 

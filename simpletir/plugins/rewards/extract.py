@@ -1,4 +1,5 @@
-"""Finding the final answer in a response: the last complete ``\\boxed{}``, or (opt-in) the last number.
+"""Finding the final answer in a response: the configured answer format (``rollout.answer_format``:
+the last complete ``\\boxed{}`` by default, or ``<answer>...</answer>``), or (opt-in) the last number.
 
 Pure string work, no sympy: it runs in the parent process before anything is sent to a
 verification worker, so a response without an answer never costs a round trip.
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
+from simpletir.core.answers import answer_format as find_answer_format
 from simpletir.core.answers import last_boxed, strip_code_blocks
+
+__all__ = ["Extraction", "extract_answer", "last_boxed", "last_number", "plain_integer"]
 
 # A number as written in prose: sign, digits with optional thousands commas, decimals or a fraction.
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
@@ -26,7 +29,7 @@ class Extraction:
     """The answer text found in a response and how it was found."""
 
     answer: str
-    source: Literal["boxed", "last_number"]
+    source: str  # the answer format's name ("boxed", "answer_tag") or "last_number"
 
 
 def last_number(text: str) -> str | None:
@@ -35,15 +38,17 @@ def last_number(text: str) -> str | None:
     return matches[-1].replace(",", "") if matches else None
 
 
-def extract_answer(response: str, *, last_number_fallback: bool = False) -> Extraction | None:
-    """The final answer of ``response``, or None when it gives none.
+def extract_answer(
+    response: str, *, last_number_fallback: bool = False, answer_format: str = "boxed"
+) -> Extraction | None:
+    """The final answer of ``response`` in ``answer_format``, or None when it gives none.
 
     The last-number fallback grants false positives (a stray "2" in the last sentence of a wrong
     solution counts as an answer), so it is opt-in and marked in the extraction's ``source``.
     """
-    boxed = last_boxed(response)
-    if boxed is not None:
-        return Extraction(boxed, "boxed")
+    found = find_answer_format(answer_format).extract(response)
+    if found is not None:
+        return Extraction(found, answer_format)
     if last_number_fallback:
         number = last_number(response)
         if number is not None:

@@ -1,11 +1,16 @@
-"""The ``math_verify`` reward: last ``\\boxed{}`` answer vs the ground truth, through math-verify.
+"""The ``math_verify`` reward: the final answer vs the ground truth, through math-verify.
+
+The final answer is found by the run's answer format (``rollout.answer_format``: the last
+``\\boxed{}`` by default, or the last ``<answer>...</answer>``), the same one that ends a
+trajectory in the rollout loop.
 
 Score 1.0 when the answer is mathematically equal to the ground truth ("025" = 25,
 ``\\frac{1}{2}`` = 0.5, ``\\{1,2\\}`` = ``\\{2,1\\}``, intervals, tuples, matrices, percent),
 else 0.0, with a reason:
 
 - ``correct`` / ``wrong``;
-- ``no_answer``: no complete ``\\boxed{}`` (and the last-number fallback is off or found nothing);
+- ``no_answer``: no complete answer in the answer format (and the last-number fallback is off or
+  found nothing);
 - ``parse_error``: the answer (or, with ``extra.gold_parse_error``, the ground truth) does not parse;
 - ``timeout``: the verdict overran ``timeout_s`` and its worker was stopped;
 - ``error``: the worker died on this item (memory limit, crash).
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simpletir import hookimpl
+from simpletir.core.answers import answer_format as find_answer_format
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.errors import ConfigError
 from simpletir.core.specs import RewardSpec, option
@@ -71,8 +77,10 @@ class MathVerifyReward:
 
     name = NAME
 
-    def __init__(self, options: MathVerifyOptions | None = None) -> None:
+    def __init__(self, options: MathVerifyOptions | None = None, *, answer_format: str = "boxed") -> None:
         self.options = options or MathVerifyOptions()
+        find_answer_format(answer_format)  # a ConfigError naming rollout.answer_format
+        self.answer_format = answer_format
         self._cache: dict[tuple[str, str], str] = {}
         self._pool: VerifierPool | None = None
 
@@ -99,7 +107,10 @@ class MathVerifyReward:
 
     def score_many(self, items: Sequence[tuple[str, str]]) -> list[RewardResult]:
         extractions = [
-            extract_answer(r, last_number_fallback=self.options.last_number_fallback) for r, _ in items
+            extract_answer(
+                r, last_number_fallback=self.options.last_number_fallback, answer_format=self.answer_format
+            )
+            for r, _ in items
         ]
         reasons: list[str | None] = [None] * len(items)
         to_verify: dict[tuple[str, str], list[int]] = {}
@@ -169,7 +180,8 @@ class MathVerifyReward:
 
 
 def build(options: MathVerifyOptions, experiment: ExperimentConfig | None = None) -> MathVerifyReward:
-    return MathVerifyReward(options)
+    answer_format = experiment.rollout.answer_format if experiment is not None else "boxed"
+    return MathVerifyReward(options, answer_format=answer_format)
 
 
 @hookimpl
@@ -179,6 +191,6 @@ def register_rewards() -> Iterable[RewardSpec]:
             name=NAME,
             factory=build,
             config_cls=MathVerifyOptions,
-            description="1.0 when the last \\boxed{} answer equals the ground truth (math-verify)",
+            description="1.0 when the final answer (rollout.answer_format) equals the ground truth",
         )
     ]

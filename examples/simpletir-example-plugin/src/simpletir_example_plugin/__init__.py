@@ -1,72 +1,77 @@
-"""A third-party simpletir plugin: the ``arith_easy`` benchmark.
+"""A third-party simpletir plugin with one component of each kind.
 
-Problems are easy arithmetic generated in code (no data file), deterministic for a given
-``size`` and ``seed``; useful as a smoke-test benchmark a tiny model can sometimes solve.
-Installed, it appears in ``simpletir plugins`` and in ``valid_dataset: arith_easy`` with no
-change to simpletir.
+| kind | name | chosen by |
+|---|---|---|
+| benchmark | ``arith_easy`` (alias ``arith/easy``) | ``valid_dataset`` / ``train_dataset`` |
+| tool | ``calc`` (``<calc>…</calc>``) | ``tools: [calc]`` |
+| reward | ``numeric_match`` | ``reward: numeric_match`` |
+| filter | ``tool_errors`` | ``filters: [..., tool_errors]`` |
+| advantage estimator | ``fixed_baseline`` | ``algorithm.adv_estimator: fixed_baseline`` |
+
+Installed (``pip install``), the package's one entry point (``pyproject.toml``) makes
+simpletir import this module and call its ``@hookimpl`` functions below; nothing in simpletir
+changes. Each component's options live in a dataclass whose fields carry help strings
+(``option(default, help)``) and whose ``__post_init__`` raises ``ConfigError`` naming the key;
+each factory is cheap (simpletir calls it while checking a config, before a run starts).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-from pathlib import Path
-
 from simpletir import hookimpl
-from simpletir.core.specs import BenchmarkSpec
-from simpletir.core.types import Message, Problem
+from simpletir.core.specs import AdvantageEstimatorSpec, BenchmarkSpec, FilterSpec, RewardSpec, ToolSpec
 
-
-@dataclass
-class ArithEasyOptions:
-    """Options under ``plugin_config.arith_easy``."""
-
-    size: int = 50  # how many problems the benchmark has
-    max_operand: int = 20  # operands are drawn from 1..max_operand
-
-
-class ArithEasy:
-    name = "arith_easy"
-
-    def __init__(self, options: ArithEasyOptions) -> None:
-        if options.size < 1 or options.max_operand < 1:
-            raise ValueError("arith_easy: size and max_operand must be at least 1")
-        self.options = options
-
-    def load(self, data_dir: Path | None, *, limit: int | None = None, seed: int = 0) -> list[Problem]:
-        # The set itself is fixed (seeded by 'size' only) so every run sees the same problems;
-        # the run's seed only picks which ones when a limit applies.
-        rng = random.Random(f"arith_easy-{self.options.size}-{self.options.max_operand}")
-        problems = []
-        for index in range(self.options.size):
-            a = rng.randint(1, self.options.max_operand)
-            b = rng.randint(1, self.options.max_operand)
-            op = rng.choice("+-*")
-            answer = a + b if op == "+" else a - b if op == "-" else a * b
-            question = f"What is {a} {op} {b}?"
-            problems.append(
-                Problem(
-                    id=str(index),
-                    benchmark=self.name,
-                    messages=(Message("user", question),),
-                    ground_truth=str(answer),
-                    data_source="arith_easy",
-                )
-            )
-        if limit is not None and 0 <= limit < len(problems):
-            chosen = sorted(random.Random(seed).sample(range(len(problems)), limit))
-            problems = [problems[i] for i in chosen]
-        return problems
+from . import arith_easy, calc, fixed_baseline, numeric_match, tool_errors
 
 
 @hookimpl
 def register_benchmarks() -> list[BenchmarkSpec]:
     return [
         BenchmarkSpec(
-            name="arith_easy",
-            factory=lambda options, experiment: ArithEasy(options),
-            config_cls=ArithEasyOptions,
+            name=arith_easy.NAME,
+            factory=arith_easy.build,
+            config_cls=arith_easy.ArithEasyOptions,
             description="easy arithmetic generated in code (example third-party plugin)",
             aliases=("arith/easy",),
+        )
+    ]
+
+
+@hookimpl
+def register_tools() -> list[ToolSpec]:
+    return [ToolSpec(calc.NAME, calc.build, calc.CalcOptions, "a calculator: <calc>expression</calc>")]
+
+
+@hookimpl
+def register_rewards() -> list[RewardSpec]:
+    return [
+        RewardSpec(
+            numeric_match.NAME,
+            numeric_match.build,
+            numeric_match.NumericMatchOptions,
+            "1.0 when the final answer equals the ground truth as a number (metadata-aware)",
+        )
+    ]
+
+
+@hookimpl
+def register_filters() -> list[FilterSpec]:
+    return [
+        FilterSpec(
+            tool_errors.NAME,
+            tool_errors.build,
+            tool_errors.ToolErrorsOptions,
+            "mask trajectories with too many failed tool calls",
+        )
+    ]
+
+
+@hookimpl
+def register_advantage_estimators() -> list[AdvantageEstimatorSpec]:
+    return [
+        AdvantageEstimatorSpec(
+            fixed_baseline.NAME,
+            fixed_baseline.build,
+            fixed_baseline.FixedBaselineOptions,
+            "REINFORCE with a constant baseline: scale * (reward - baseline)",
         )
     ]

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from simpletir.core.errors import ConfigError, SimpletirError
+from simpletir.core.lifecycle import exit_status, process_lifecycle
 
 from .config import SandboxConfig
 from .pool import SandboxPool
@@ -113,30 +114,42 @@ async def _setup(cfg: SandboxConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = _config(args.option)
-        if args.command == "exec":
-            if args.file == "-":
-                stdin = getattr(sys.stdin, "buffer", None)
-                raw = stdin.read() if stdin is not None else sys.stdin.read().encode()
-            else:
-                try:
-                    with open(args.file, "rb") as fh:
-                        raw = fh.read()
-                except OSError as exc:
-                    raise SimpletirError(f"cannot read {args.file!r}: {exc.strerror}") from None
-            # Bytes that are not UTF-8 reach the snippet (and fail there, reported as JSON).
-            code = raw.decode("utf-8", "surrogateescape")
-            print(json.dumps(asyncio.run(_exec(cfg, code, args.timeout)), ensure_ascii=False))
-        elif args.command == "bench":
-            from .benchmark import report, run_benchmark
-
-            sizes = dict(n_rate=300, n_lat=50, n_sympy=10, n_subprocess=10) if args.quick else {}
-            print(report(run_benchmark(cfg, **sizes)))
-        else:
-            print(asyncio.run(_setup(cfg)))
+        # SIGTERM/Ctrl-C close the pool (no jail outlives the command); a reaper stops the
+        # jails if the command is killed outright.
+        with process_lifecycle("simpletir sandbox"):
+            return _run(args)
     except SimpletirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (lifecycle.Terminated)
+        code, line = exit_status(exc)
+        print(f"simpletir sandbox: {line}", file=sys.stderr)
+        return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """One subcommand; its errors and stops are reported by :func:`main`."""
+    cfg = _config(args.option)
+    if args.command == "exec":
+        if args.file == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            raw = stdin.read() if stdin is not None else sys.stdin.read().encode()
+        else:
+            try:
+                with open(args.file, "rb") as fh:
+                    raw = fh.read()
+            except OSError as exc:
+                raise SimpletirError(f"cannot read {args.file!r}: {exc.strerror}") from None
+        # Bytes that are not UTF-8 reach the snippet (and fail there, reported as JSON).
+        code = raw.decode("utf-8", "surrogateescape")
+        print(json.dumps(asyncio.run(_exec(cfg, code, args.timeout)), ensure_ascii=False))
+    elif args.command == "bench":
+        from .benchmark import report, run_benchmark
+
+        sizes = dict(n_rate=300, n_lat=50, n_sympy=10, n_subprocess=10) if args.quick else {}
+        print(report(run_benchmark(cfg, **sizes)))
+    else:
+        print(asyncio.run(_setup(cfg)))
     return 0
 
 

@@ -82,6 +82,12 @@ class SandboxConfig:
         "TimeoutError: execution timed out after {timeout_s:g} s", "shown on timeout"
     )
     empty_output: str = option("", "shown when a snippet printed nothing")
+    # -- state between calls -----------------------------------------------------------------
+    persistent_session: bool = option(
+        False,
+        "keep a trajectory's names between its calls by replaying its earlier cells silently "
+        "before each new one (off = SimpleTIR: every snippet starts fresh); see docs/sandbox.md",
+    )
 
     def __post_init__(self) -> None:
         # Validate on construction, so `simpletir` config checks catch bad values before any

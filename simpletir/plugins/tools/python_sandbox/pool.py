@@ -228,6 +228,7 @@ class SandboxPool:
         self._admission: asyncio.Semaphore | None = None
         self._workers: set[Worker] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retiring: set[Worker] = set()  # killed workers whose pipes _replacement still closes
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self._broken: BaseException | None = None
@@ -281,9 +282,10 @@ class SandboxPool:
             raise RuntimeError("sandbox pool is in use by another running event loop; use one pool per loop")
         if self._loop is not None:
             _kill_all(self._pids)
-            for worker in self._workers:
+            for worker in self._workers | self._retiring:
                 worker.abandon()
             self._workers.clear()
+            self._retiring.clear()
             self._tasks.clear()
         self._loop = loop
         self._idle = {lane: asyncio.Queue() for lane in self._lanes}
@@ -315,7 +317,11 @@ class SandboxPool:
                 async with self._start_lock:  # it closes them and raises "closed"
                     pass
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await asyncio.gather(*(w.close(self._pids) for w in list(self._workers)), return_exceptions=True)
+            # A replacement cancelled above may not have closed its old worker's pipes: close
+            # them here, in this loop (left to the garbage collector: "Event loop is closed").
+            retiring = list(self._workers | self._retiring)
+            await asyncio.gather(*(w.close(self._pids) for w in retiring), return_exceptions=True)
+            self._retiring.clear()
             self._workers.clear()
             for queue in self._idle.values():
                 queue.put_nowait(None)  # wake anyone still waiting: they will see _closed
@@ -421,6 +427,7 @@ class SandboxPool:
         """Kill a worker that may be busy or wedged and start another in the background."""
         worker.kill()
         self._workers.discard(worker)
+        self._retiring.add(worker)
         self.replaced += 1
         task = asyncio.get_running_loop().create_task(self._replacement(worker))
         self._tasks.add(task)
@@ -428,6 +435,7 @@ class SandboxPool:
 
     async def _replacement(self, old: Worker) -> None:
         await old.close(self._pids)
+        self._retiring.discard(old)
         last: BaseException | None = None
         for attempt in range(_REPLACE_ATTEMPTS):
             if self._closed:
