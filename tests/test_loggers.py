@@ -108,14 +108,16 @@ def test_console_logger_goes_to_stderr_and_the_run_log(
     with run_log(log_path):
         ConsoleLogger().log(StepReport(step=1, epoch=0, metrics={"reward/mean": 0.5}))
         logging.getLogger("simpletir.core.somewhere").warning("a note")
-        logging.getLogger("vllm").warning("engine spam")  # other libraries stay out of the run log
+        logging.getLogger("vllm").warning("engine note")  # vLLM's go to the run log only (issue 14)
+        logging.getLogger("urllib3").warning("library spam")  # other libraries stay out of the run log
     logging.getLogger("simpletir.metrics").info("after the run: nowhere")
     err = capsys.readouterr().err
     assert "[train] step 1 epoch 0 | reward=0.5\n" in err and "a note" in err  # compact: headline names
     text = log_path.read_text()
     assert "INFO simpletir.metrics: [train] step 1 epoch 0 | reward=0.5" in text
     assert "WARNING simpletir.core.somewhere: a note" in text
-    assert "engine spam" not in text and "after the run" not in text
+    assert "library spam" not in text and "after the run" not in text
+    assert "engine note" in text and "engine note" not in err  # only vLLM's errors reach stderr
 
 
 # -- choosing loggers -------------------------------------------------------------------------

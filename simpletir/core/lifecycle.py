@@ -5,14 +5,15 @@ sandbox exec``):
 
 * SIGINT (Ctrl-C) raises :class:`KeyboardInterrupt`, SIGTERM and SIGHUP raise
   :class:`Terminated` (a ``KeyboardInterrupt``, so asyncio and every ``finally`` treat it the
-  same) in the main thread. The work in flight is cut, and the ``finally`` blocks and exit
-  stacks close what was built: the rollout's tools, the vLLM engine, the sandbox pool, the
+  same) in the main thread: from a callback of the running event loop when there is one (see
+  :class:`_Handler`), else at once. The work in flight is cut, and the ``finally`` blocks and
+  exit stacks close what was built: the rollout's tools, the vLLM engine, the sandbox pool, the
   reward workers, the journal and the loggers. The command then prints one line and exits
   130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP);
-* a second signal while that cleanup runs exits at once (``os._exit``), leaving the rest to
+* a signal while that cleanup runs exits at once (``os._exit``), leaving the rest to
 * the reaper (:mod:`simpletir.core.reaper`), a small watcher process which, when the command
   dies without cleaning up (SIGKILL, the second signal, a crash), stops every process the
-  command had started: SIGTERM, then SIGKILL 3 s later.
+  command had started: SIGTERM to its own children, SIGKILL 3 s later to whatever is left.
 
 A signal whose disposition was changed before (``nohup`` ignores SIGHUP; an embedding program's
 own handler) is left alone. Outside the main thread only the reaper is started.
@@ -20,7 +21,6 @@ own handler) is left alone. Outside the main thread only the reaper is started.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import os
 import signal
@@ -80,6 +80,7 @@ class _Handler:
         self.raised = False
         self.nudging = False  # the next call is the timer's, not a signal
         self.timer: threading.Timer | None = None
+        self.main = threading.main_thread().ident
 
     def __call__(self, signum: int, frame: FrameType | None) -> Any:
         nudge, self.nudging = self.nudging, False
@@ -107,14 +108,17 @@ class _Handler:
             raise self.pending
 
     def _nudge(self, signum: int) -> None:
-        if not self.raised:
+        if not self.raised and self.main is not None:
             self.nudging = True
-            _thread.interrupt_main(signum)
+            # A real signal (not _thread.interrupt_main): it also ends a blocking call (EINTR).
+            signal.pthread_kill(self.main, signum)
 
     def close(self) -> None:
+        """Before the previous handlers come back: no nudge may arrive after them."""
+        self.raised = True  # a nudge still on its way does nothing
         if self.timer is not None:
             self.timer.cancel()
-        self.raised = True  # a nudge still on its way does nothing
+            self.timer.join(1.0)
 
 
 @contextlib.contextmanager
@@ -137,8 +141,8 @@ def process_lifecycle(prog: str = "simpletir") -> Iterator[None]:
         yield
     finally:
         handler.close()
-        for signum, previous in saved.items():
-            signal.signal(signum, previous)
+        for number, previous in saved.items():
+            signal.signal(number, previous)
         if watcher is not None:
             # Reached when the block ends, normally or by an exception: its cleanup has run.
             watcher.stop()

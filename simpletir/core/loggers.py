@@ -410,8 +410,8 @@ def vllm_logging(path: str | Path, *, verbose: bool = False) -> Iterator[None]:
         json.dump(config, fh)
     logger = logging.getLogger(VLLM_LOGGER)
     saved = (logger.level, logger.propagate, list(logger.handlers))
-    for handler in saved[2]:
-        logger.removeHandler(handler)
+    for previous in saved[2]:
+        logger.removeHandler(previous)
     for name in _VLLM_HANDLERS:
         spec = config["handlers"][name]
         handler: logging.Handler = (
@@ -437,7 +437,7 @@ def vllm_logging(path: str | Path, *, verbose: bool = False) -> Iterator[None]:
             if handler.get_name() in _VLLM_HANDLERS:
                 logger.removeHandler(handler)
                 handler.close()
-        for handler in saved[2]:
-            logger.addHandler(handler)
+        for previous in saved[2]:
+            logger.addHandler(previous)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]

@@ -10,9 +10,11 @@ keep running, holding gigabytes and CPU.
 session so a Ctrl-C or a ``kill -- -PGID`` meant for the run does not reach it; standard library
 only, so it starts in milliseconds). Every ``interval`` seconds it records the run's descendants
 from ``/proc`` (pid and start time, following parent links). When the run dies without having
-said goodbye, it sends SIGTERM to every recorded descendant that is still the same process (same
-start time), and SIGKILL ``grace`` seconds later to those still there, then exits. A run that
-ends normally stops it with :meth:`Reaper.stop` (it then exits without touching anything).
+said goodbye, it sends SIGTERM to the run's own children that are still the same processes
+(same start time), which is how they are stopped normally (vLLM's engine core then stops its
+workers, nsjail its jail), and SIGKILL ``grace`` seconds later to every recorded descendant
+still there; then it exits. A run that ends normally stops it with :meth:`Reaper.stop` (it then
+exits without touching anything).
 
 How it learns of the death: its stdin is a pipe whose only writer is the run, so it reads
 end-of-file the moment the run is gone (an explicit ``stop`` writes a byte first); a child that
@@ -112,13 +114,17 @@ def _signal(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def sweep(tracked: dict[int, int], grace: float = GRACE_S) -> int:
-    """SIGTERM, then SIGKILL after ``grace`` s, every tracked process that is still the same one.
+def sweep(tracked: dict[int, int], top: set[int], grace: float = GRACE_S) -> int:
+    """Stop every tracked process that is still the same one; returns how many there were.
 
-    Children they start meanwhile are added. Returns how many were signalled.
+    SIGTERM goes to ``top`` (the dead process's own children), as in their normal shutdown:
+    vLLM's engine core then stops its workers, nsjail its jail. Whatever is left ``grace``
+    seconds later, their children included (also those started meanwhile), gets SIGKILL.
     """
-    trackers = {pid for pid in _alive(tracked, proc_table()) if _is_tracker(pid)}
-    signalled: set[int] = set()
+    table = proc_table()
+    trackers = {pid for pid in _alive(tracked, table) if _is_tracker(pid)}
+    found = [pid for pid in _alive(tracked, table) if pid not in trackers]
+    _signal([pid for pid in found if pid in top], signal.SIGTERM)
     deadline = time.monotonic() + grace
     killed = False
     while True:
@@ -127,19 +133,12 @@ def sweep(tracked: dict[int, int], grace: float = GRACE_S) -> int:
             if ppid in tracked and pid not in tracked and state not in ("Z", "X"):
                 tracked[pid] = born
         alive = [pid for pid in _alive(tracked, table) if pid not in trackers]
-        if not alive:
+        if not alive or (killed and time.monotonic() >= deadline):
             break
-        if time.monotonic() >= deadline:
-            if killed:
-                break
+        if not killed and time.monotonic() >= deadline:
             _signal(alive, signal.SIGKILL)
-            signalled.update(alive)
             killed = True
             deadline = time.monotonic() + grace
-        else:
-            fresh = [pid for pid in alive if pid not in signalled]
-            _signal(fresh, signal.SIGTERM)
-            signalled.update(fresh)
         time.sleep(0.05)
     # The resource tracker unlinks leaked shared memory once its clients are gone.
     deadline = time.monotonic() + grace
@@ -147,17 +146,34 @@ def sweep(tracked: dict[int, int], grace: float = GRACE_S) -> int:
         trackers = set(_alive({p: tracked[p] for p in trackers}, proc_table()))
         time.sleep(0.05)
     _signal(trackers, signal.SIGKILL)
-    return len(signalled | trackers)
+    return len(found)
 
 
-def watch(pid: int, born: int, interval: float = INTERVAL_S, grace: float = GRACE_S) -> int:
-    """The reaper's loop (stdin: the pipe from the run). Returns the process exit status."""
+def watch(
+    pid: int,
+    born: int,
+    interval: float = INTERVAL_S,
+    grace: float = GRACE_S,
+    baseline: frozenset[tuple[int, int]] = frozenset(),
+) -> int:
+    """The reaper's loop (stdin: the pipe from the run). Returns the process exit status.
+
+    ``baseline``: (pid, start time) of the run's descendants from before :func:`start`, which
+    are not the run's to answer for (an embedding program's own).
+    """
     me = os.getpid()
-    # Processes the run had before it started us are not ours to judge (an embedding program's).
-    baseline = set(descendants(pid, proc_table()).items())
     tracked: dict[int, int] = {}
+    top: set[int] = set()  # the run's own children
     stopped = False
     while True:
+        table = proc_table()
+        if start_time(pid, table) != born:
+            break
+        for child, child_born in descendants(pid, table).items():
+            if child != me and (child, child_born) not in baseline:
+                tracked[child] = child_born
+                if table[child][0] == pid:
+                    top.add(child)
         readable, _, _ = select.select([0], [], [], interval)
         if readable:
             data = os.read(0, 64)
@@ -165,15 +181,9 @@ def watch(pid: int, born: int, interval: float = INTERVAL_S, grace: float = GRAC
                 stopped = True
             if not data:  # the run closed the pipe: it exited, or it is stopping us
                 break
-        table = proc_table()
-        if start_time(pid, table) != born:
-            break
-        for child, child_born in descendants(pid, table).items():
-            if child != me and (child, child_born) not in baseline:
-                tracked[child] = child_born
     if stopped:
         return 0
-    count = sweep(tracked, grace)
+    count = sweep(tracked, top, grace)
     if count:
         print(
             f"simpletir: process {pid} ended without cleaning up; stopped {count} process(es) it left",
@@ -212,6 +222,7 @@ def start(interval: float = INTERVAL_S, grace: float = GRACE_S) -> Reaper | None
     born = start_time(me)
     if born is None:
         return None
+    baseline = ",".join(f"{p}:{b}" for p, b in descendants(me, proc_table()).items())
     read_fd, write_fd = os.pipe()  # both close-on-exec: no other child inherits the write end
     try:
         proc = subprocess.Popen(
@@ -224,6 +235,7 @@ def start(interval: float = INTERVAL_S, grace: float = GRACE_S) -> Reaper | None
                 str(born),
                 str(interval),
                 str(grace),
+                baseline,
             ],
             stdin=read_fd,
             stdout=subprocess.DEVNULL,
@@ -243,7 +255,9 @@ def main(argv: list[str]) -> int:
     pid, born = int(argv[0]), int(argv[1])
     interval = float(argv[2]) if len(argv) > 2 else INTERVAL_S
     grace = float(argv[3]) if len(argv) > 3 else GRACE_S
-    return watch(pid, born, interval, grace)
+    pairs = (item.split(":") for item in argv[4].split(",") if item) if len(argv) > 4 else ()
+    baseline = frozenset((int(p), int(b)) for p, b in pairs)
+    return watch(pid, born, interval, grace, baseline)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CPU_MAX_MEMORY_UTILIZATION = 0.3
 DEFAULT_BUCKET_BYTES = 512 * 2**20  # one safetensors file per this many bytes of weights
+SHUTDOWN_TIMEOUT_S = 15.0
 
 
 def _is_cpu() -> bool:
@@ -285,7 +286,9 @@ class VLLMEngine(PolicyEngine):
 
     async def _shutdown(self) -> None:
         llm, self._llm = self._llm, None
-        llm.shutdown()
+        # vLLM force-kills an engine still there after 5 s (its default), leaking its shared
+        # memory (a resource-tracker warning at exit); on a busy CPU a clean exit takes longer.
+        llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         # AsyncLLM's output handler and socket tasks would otherwise die pending with the loop.
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:

@@ -158,22 +158,26 @@ class Worker:
     async def close(self, registry: set[int]) -> None:
         """Stop the worker and return only once no process of its jail is left."""
         if self.proc is not None:
-            if self.proc.stdin is not None:
-                # Graceful first: on end-of-file the server exits, and PID 1's exit makes the
-                # kernel kill and reap the whole namespace before nsjail sees it gone.
+            try:
+                if self.proc.stdin is not None:
+                    # Graceful first: on end-of-file the server exits, and PID 1's exit makes the
+                    # kernel kill and reap the whole namespace before nsjail sees it gone.
+                    with contextlib.suppress(Exception):
+                        self.proc.stdin.close()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self.proc.wait(), 1.0)
+                self.kill()
                 with contextlib.suppress(Exception):
-                    self.proc.stdin.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.proc.wait(), 1.0)
-            self.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.proc.wait(), 5.0)
-            registry.discard(self.proc.pid)
-            # asyncio has no public way to close a subprocess transport; without this its pipes
-            # linger until garbage collection, possibly after the loop is closed.
-            transport = getattr(self.proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+                    await asyncio.wait_for(self.proc.wait(), 5.0)
+            finally:  # also when cancelled meanwhile (asyncio.run cancelling every task on Ctrl-C)
+                self.kill()
+                registry.discard(self.proc.pid)
+                # asyncio has no public way to close a subprocess transport; without this its
+                # pipes linger until garbage collection, after the loop is closed ("Event loop
+                # is closed").
+                transport = getattr(self.proc, "_transport", None)
+                if transport is not None:
+                    transport.close()
             deadline = time.monotonic() + 5.0
             while any(_alive(pid) for pid in self.jail_pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
