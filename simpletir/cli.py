@@ -13,6 +13,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simpletir import __version__
@@ -107,11 +108,15 @@ def _cmd_run(args: argparse.Namespace, block: list[str]) -> int:
     # killed outright (docs/architecture.md, "Process lifecycle").
     with process_lifecycle():
         verbose = "--verbose" in args.args
-        config_arg, overrides = _split_config([a for a in args.args if a != "--verbose"])
+        as_json = "--json" in args.args
+        config_arg, overrides = _split_config([a for a in args.args if a not in ("--verbose", "--json")])
         config = load_config(resolve_config_path(config_arg), overrides)
         pm = _make_pm(block)
         result = run_experiment(config, pm, verbose=verbose)
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if as_json:  # for scripts: the whole result on stdout
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    else:  # for people: the tables and file lists were printed already; say where the result is
+        print(f"result: {Path(result['run_dir']) / 'result.json'}")
     return 0
 
 
@@ -279,6 +284,7 @@ def build_parser() -> _Parser:
         action="store_true",
         help="also show vLLM's own log messages on the console (they always go to the run log)",
     )
+    run.add_argument("--json", action="store_true", help="print the run's whole result as JSON on stdout")
     run.add_argument(
         "args",
         nargs=argparse.REMAINDER,

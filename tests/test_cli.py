@@ -153,6 +153,7 @@ def test_run_dispatches_val_only_to_evaluation(
         capsys,
         "run",
         "eval_cpu",
+        "--json",
         f"runs_dir={tmp_path}",
         f"logs_dir={tmp_path / 'logs'}",
         f"data_dir={shared_data_dir}",
@@ -387,7 +388,7 @@ def run_evaluation(config, pm):
 mod.run_evaluation = run_evaluation
 sys.modules["simpletir.core.evaluate"] = mod
 from simpletir.cli import main
-argv = ["run", "eval_cpu", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
+argv = ["run", "eval_cpu", "--json", "valid_dataset=arith_easy", "val_sample_size=3", "tool_use=False"]
 raise SystemExit(main([*argv, "runs_dir={tmp_path}", "logs_dir={tmp_path / "logs"}"]))
 """
     env = {
