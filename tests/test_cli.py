@@ -426,3 +426,56 @@ def test_a_run_that_cannot_start_leaves_no_run_dir(
         "train_dataset=simplelr_math_35/train",
     )  # fmt: skip
     assert code == 2 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_example_plugin_components_run_an_evaluation_and_training(
+    example_plugin_path: Path, tmp_path: Path
+) -> None:
+    """The outside package's tool, reward, filter, benchmark and estimator, installed with pip,
+    run a real evaluation and real training steps with no change to simpletir."""
+    common = [
+        "model_name=tiny-qwen2",
+        "rollout.engine=hf",
+        "rollout.progress=false",
+        "rollout.chat_template=false",
+        "tools=[calc]",
+        "reward=numeric_match",
+        "filters=[tool_errors]",
+        "valid_dataset=arith_easy",
+        "plugin_config.arith_easy.size=6",
+        "n_val=2",
+        "max_turns=2",
+        "max_prompt_length=768",
+        "max_response_length=8",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"logs_dir={tmp_path / 'logs'}",
+        f"checkpoints_dir={tmp_path / 'ckpt'}",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(example_plugin_path),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+    }
+    simpletir_run = [sys.executable, "-m", "simpletir", "run", "--json", *common]
+    evaluation = subprocess.run(
+        [*simpletir_run, "val_only=true", "experiment_name=ex_eval"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=600,
+    )  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert json.loads(evaluation.stdout)["n_problems"] == 6
+    training = subprocess.run(
+        [
+            *simpletir_run,
+            "train_dataset=arith_easy", "train_batch_size=2", "rollout.n=2", "oversample=1",
+            "algorithm.adv_estimator=fixed_baseline", "algorithm.ppo_mini_batch_size=2",
+            "total_training_steps=2", "save_freq=2", "test_freq=2", "experiment_name=ex_train",
+        ],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=600,
+    )  # fmt: skip
+    assert training.returncode == 0, training.stderr[-3000:]
+    result = json.loads(training.stdout)
+    assert result["steps"] == 2 and Path(result["checkpoint"]).name == "epoch_2"
+    config = yaml.safe_load((tmp_path / "runs" / "ex_train" / CONFIG_FILE).read_text())
+    assert config["algorithm"]["adv_estimator"] == "fixed_baseline" and config["tools"] == ["calc"]

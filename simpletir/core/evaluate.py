@@ -469,9 +469,11 @@ def run_evaluation(
         result["files"] = write_evaluation_files(
             result, by_benchmark, logs / f"{run}_accuracy.json", logs / f"{run}_generations.jsonl"
         )
+    # People read the console (stderr, with the progress bars and step lines); stdout stays free
+    # for `simpletir-run --json`. The run log keeps a copy of the table.
     table = summary_table(result)
-    print(table)
-    log.info("%s", table, extra={"file_only": True})  # stdout has it already; the run log keeps a copy
+    print(table, file=sys.stderr)
+    log.info("%s", table, extra={"file_only": True})
     if "files" in result:
-        print(f"wrote {result['files']['accuracy']} and {result['files']['generations']}")
+        print(f"wrote {result['files']['accuracy']} and {result['files']['generations']}", file=sys.stderr)
     return result
