@@ -116,7 +116,8 @@ def _cmd_run(args: argparse.Namespace, block: list[str]) -> int:
     if as_json:  # for scripts: the whole result on stdout
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     else:  # for people: the tables and file lists were printed already; say where the result is
-        print(f"result: {Path(result['run_dir']) / 'result.json'}")
+        run_dir = result.get("run_dir")
+        print(f"result: {Path(run_dir) / 'result.json'}" if run_dir else "done")
     return 0
 
 

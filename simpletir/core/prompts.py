@@ -19,6 +19,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 OPENING = "Solve the following problem step by step. "
+# SimpleTIR's instruction for its code interpreter, as plain text: with the boxed answer
+# format, the default prompt assembled from it is SimpleTIR's prompt byte for byte
+# (simpletir.core.config.DEFAULT_PROMPT_TEMPLATE). The python tool uses it, and so does the
+# python-like scripted tool of simpletir.core.rollout.testing, so both see the same prompt.
+PYTHON_TOOL_INSTRUCTIONS = (
+    "You now have the ability to selectively write executable Python code to enhance your reasoning "
+    "process. The Python code will be executed by an external sandbox, and the output (after "
+    '"Code execution result: ") is returned to aid your reasoning and help you arrive at the final '
+    "answer. The Python code should be complete scripts, including necessary imports.\n"
+    "Each code snippet is wrapped with\n```python\ncode snippet\n```\n"
+)
 QUESTION = "\n*user question:*\n{question}"
 
 

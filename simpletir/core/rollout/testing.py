@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simpletir.core.prompts import PYTHON_TOOL_INSTRUCTIONS
 from simpletir.core.rollout.engine import EngineFinish, Generation, PolicyEngine, SamplingParams
 from simpletir.core.types import ToolCall, ToolResult
 
@@ -113,6 +114,7 @@ class ScriptedTool:
     """
 
     name = "python"
+    instructions = PYTHON_TOOL_INSTRUCTIONS  # the python tool's, so prompts match the real tool's
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from simpletir.core.prompts import PYTHON_TOOL_INSTRUCTIONS
 from simpletir.core.types import ToolCall, ToolContext, ToolResult
 
 from . import formatting
@@ -12,16 +13,7 @@ from .config import SandboxConfig
 from .pool import SandboxPool
 from .session import PythonSession
 
-# SimpleTIR's instruction for its code interpreter, as plain text: with the boxed answer
-# format, the default prompt assembled from it is SimpleTIR's prompt byte for byte
-# (simpletir.core.config.DEFAULT_PROMPT_TEMPLATE).
-INSTRUCTIONS = (
-    "You now have the ability to selectively write executable Python code to enhance your reasoning "
-    "process. The Python code will be executed by an external sandbox, and the output (after "
-    '"Code execution result: ") is returned to aid your reasoning and help you arrive at the final '
-    "answer. The Python code should be complete scripts, including necessary imports.\n"
-    "Each code snippet is wrapped with\n```python\ncode snippet\n```\n"
-)
+INSTRUCTIONS = PYTHON_TOOL_INSTRUCTIONS  # SimpleTIR's, kept in core beside its prompt
 SESSION_INSTRUCTIONS = "Names defined by your earlier code snippets stay defined in later ones.\n"
 
 
