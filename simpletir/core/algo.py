@@ -77,6 +77,34 @@ def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _group_stats(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(scores as float64, counts [B], means [B])``: each response's group size and group mean.
+
+    float64 because sums of many 0/1 rewards lose precision in fp32. Checks shapes and refuses
+    non-finite rewards, naming their positions.
+    """
+    if scores.dim() != 1 or group_ids.shape != scores.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and group_ids {tuple(group_ids.shape)} must both be [B]"
+        )
+    if not torch.isfinite(scores).all():
+        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+        raise ValueError(f"non-finite rewards at positions {bad}: a reward function returned nan/inf")
+    scores = scores.to(torch.float64)
+    return scores, _per_group(torch.ones_like(scores), group_ids), _per_group(scores, group_ids, mean=True)
+
+
+def _per_group(values: Tensor, group_ids: Tensor, *, mean: bool = False) -> Tensor:
+    """For each response, the sum (or mean) of ``values`` over its group."""
+    _, index = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(index.max().item()) + 1 if values.numel() else 0
+    sums = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, index, values)
+    if mean:
+        counts = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, index, torch.ones_like(values))
+        sums = sums / counts.clamp(min=1.0)
+    return sums[index]
+
+
 def grpo_advantages(
     scores: Tensor, group_ids: Tensor, *, norm_by_std: bool = True, eps: float = GRPO_EPS
 ) -> Tensor:
@@ -87,45 +115,17 @@ def grpo_advantages(
     standard deviation, as ``torch.std``. ``norm_by_std=False`` gives Dr.GRPO's ``r - mean``.
     A group of one has no baseline, so its advantage is 0.
     """
-    if scores.dim() != 1 or group_ids.shape != scores.shape:
-        raise ValueError(
-            f"scores {tuple(scores.shape)} and group_ids {tuple(group_ids.shape)} must both be [B]"
-        )
-    if not torch.isfinite(scores).all():
-        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
-        raise ValueError(f"non-finite rewards at positions {bad}: a reward function returned nan/inf")
     if scores.numel() == 0:
+        _group_stats(scores, group_ids)  # still checks the shapes
         return scores.clone()
-    scores = scores.to(torch.float64)  # sums of many 0/1 rewards: avoid fp32 cancellation
-    _, index = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(index.max().item()) + 1
-    counts = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, torch.ones_like(scores))
-    means = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, scores) / counts
-    centred = scores - means[index]
+    scores, counts, means = _group_stats(scores, group_ids)
+    centred = scores - means
     if norm_by_std:
-        sq = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, centred**2)
-        std = torch.sqrt(sq / (counts - 1).clamp(min=1.0))
-        centred = centred / (std[index] + eps)
+        std = torch.sqrt(_per_group(centred**2, group_ids) / (counts - 1).clamp(min=1.0))
+        centred = centred / (std + eps)
     # A group of one is its own mean, so its advantage is exactly 0 (verl's special case gave
     # it mean 0 and std 1 instead, i.e. an unbaselined ``r / (1 + eps)``).
     return centred.to(torch.float32)
-
-
-def _group_stats(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(scores as float64, counts [B], means [B])``: each response's group size and group mean."""
-    if scores.dim() != 1 or group_ids.shape != scores.shape:
-        raise ValueError(
-            f"scores {tuple(scores.shape)} and group_ids {tuple(group_ids.shape)} must both be [B]"
-        )
-    if not torch.isfinite(scores).all():
-        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
-        raise ValueError(f"non-finite rewards at positions {bad}: a reward function returned nan/inf")
-    scores = scores.to(torch.float64)
-    _, index = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(index.max().item()) + 1 if scores.numel() else 0
-    counts = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, torch.ones_like(scores))
-    sums = torch.zeros(num_groups, dtype=scores.dtype).index_add_(0, index, scores)
-    return scores, counts[index], (sums / counts.clamp(min=1.0))[index]
 
 
 def rloo_advantages(scores: Tensor, group_ids: Tensor) -> Tensor:
