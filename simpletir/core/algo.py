@@ -263,11 +263,7 @@ def policy_loss(
         raise ValueError(f"clip_ratio_c must be > 1 (dual-clip lower bound), got {clip_ratio_c}")
     if clip_ratio_low < 0 or clip_ratio_high < 0:
         raise ValueError(f"clip ratios must be >= 0, got low={clip_ratio_low} high={clip_ratio_high}")
-    for name, tensor in (("old_logprobs", old_logprobs), ("advantages", advantages), ("mask", mask)):
-        if tensor.shape != logprobs.shape:
-            raise ValueError(
-                f"{name} shape {tuple(tensor.shape)} must equal logprobs shape {tuple(logprobs.shape)}"
-            )
+    _check_token_shapes(logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     # Masked positions may hold anything (padding, -inf logprobs): zero them before any math.
     log_ratio = masked_fill_zero(logprobs - old_logprobs, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     adv = masked_fill_zero(advantages, mask)
@@ -300,6 +296,14 @@ def policy_loss(
     )
 
 
+def _check_token_shapes(logprobs: Tensor, **others: Tensor) -> None:
+    for name, tensor in others.items():
+        if tensor.shape != logprobs.shape:
+            raise ValueError(
+                f"{name} shape {tuple(tensor.shape)} must equal logprobs shape {tuple(logprobs.shape)}"
+            )
+
+
 def _weighted(token_losses: Tensor, token_weights: Tensor | None, mask: Tensor) -> Tensor:
     if token_weights is None:
         return token_losses
@@ -327,11 +331,7 @@ def reinforce_loss(
     Its gradient is ``-A r grad log pi``, REINFORCE's on-policy (``r = 1``) and unbounded off it:
     the clip fractions it reports are always 0.
     """
-    for name, tensor in (("old_logprobs", old_logprobs), ("advantages", advantages), ("mask", mask)):
-        if tensor.shape != logprobs.shape:
-            raise ValueError(
-                f"{name} shape {tuple(tensor.shape)} must equal logprobs shape {tuple(logprobs.shape)}"
-            )
+    _check_token_shapes(logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     log_ratio = masked_fill_zero(logprobs - old_logprobs, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     token_losses = _weighted(-masked_fill_zero(advantages, mask) * torch.exp(log_ratio), token_weights, mask)
     loss = aggregate_loss(
