@@ -18,7 +18,7 @@ The formulas are :mod:`simpletir.core.algo`'s pure functions, tested against han
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from simpletir import hookimpl
@@ -74,46 +74,12 @@ def register_advantage_estimators() -> Iterable[AdvantageEstimatorSpec]:
 
 
 @dataclass(frozen=True)
-class PPOClip:
-    """:func:`simpletir.core.algo.policy_loss`: clip-higher and dual clip, SimpleTIR's defaults."""
+class Loss:
+    """A policy loss made of one pure function of :mod:`simpletir.core.algo` and its fixed options."""
 
-    clip_ratio_low: float
-    clip_ratio_high: float
-    clip_ratio_c: float
-    name: str = "ppo_clip"
-
-    def compute(
-        self,
-        logprobs: Tensor,
-        old_logprobs: Tensor,
-        advantages: Tensor,
-        mask: Tensor,
-        *,
-        loss_agg_mode: str,
-        max_response_length: int | None,
-        denominator: float | None,
-        token_weights: Tensor | None,
-    ) -> algo.PolicyLoss:
-        return algo.policy_loss(
-            logprobs,
-            old_logprobs,
-            advantages,
-            mask,
-            clip_ratio_low=self.clip_ratio_low,
-            clip_ratio_high=self.clip_ratio_high,
-            clip_ratio_c=self.clip_ratio_c,
-            loss_agg_mode=loss_agg_mode,  # type: ignore[arg-type]
-            max_response_length=max_response_length,
-            denominator=denominator,
-            token_weights=token_weights,
-        )
-
-
-@dataclass(frozen=True)
-class Reinforce:
-    """:func:`simpletir.core.algo.reinforce_loss`: ``-A * ratio`` per token, no clipping."""
-
-    name: str = "reinforce"
+    name: str
+    function: Callable[..., algo.PolicyLoss]
+    options: dict[str, float] = field(default_factory=dict)
 
     def compute(
         self,
@@ -127,25 +93,31 @@ class Reinforce:
         denominator: float | None,
         token_weights: Tensor | None,
     ) -> algo.PolicyLoss:
-        return algo.reinforce_loss(
+        return self.function(
             logprobs,
             old_logprobs,
             advantages,
             mask,
-            loss_agg_mode=loss_agg_mode,  # type: ignore[arg-type]
+            loss_agg_mode=loss_agg_mode,
             max_response_length=max_response_length,
             denominator=denominator,
             token_weights=token_weights,
+            **self.options,
         )
 
 
-def _ppo_clip(options: Any, experiment: ExperimentConfig) -> PPOClip:
+def _ppo_clip(options: Any, experiment: ExperimentConfig) -> Loss:
     a = experiment.algorithm
-    return PPOClip(a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c)
+    clips = {
+        "clip_ratio_low": a.clip_ratio_low,
+        "clip_ratio_high": a.clip_ratio_high,
+        "clip_ratio_c": a.clip_ratio_c,
+    }
+    return Loss("ppo_clip", algo.policy_loss, clips)
 
 
-def _reinforce(options: Any, experiment: ExperimentConfig) -> Reinforce:
-    return Reinforce()
+def _reinforce(options: Any, experiment: ExperimentConfig) -> Loss:
+    return Loss("reinforce", algo.reinforce_loss)
 
 
 @hookimpl
