@@ -116,6 +116,11 @@ class TrainerConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory)")
     keep_checkpoints: int = option(2, "checkpoints kept; older ones are removed once a new one is complete")
     weight_sync_bucket_mb: int = option(512, "megabytes of weights sent to the rollout engine per call")
+    record_rollouts: bool = option(
+        False,
+        "write each step's rollouts losslessly (token ids, engine log-probs, tool calls and outputs, "
+        "rewards, filter decisions, advantages) to <run_dir>/rollouts/, for simpletir view and replay",
+    )
     loggers: list[str] = option(
         ["console", "jsonl"],
         "where step metrics go: console (stderr and logs/<name>.log), jsonl (<run_dir>/metrics.jsonl), "

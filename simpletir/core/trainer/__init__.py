@@ -99,6 +99,13 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
         backend = build_backend(config, model_dir)
         stack.callback(closing, "trainer backend", backend.close)
         sampler = PromptSampler(train_problems, seed=config.seed)
+        estimator = pm.build("advantage_estimator", config.algorithm.adv_estimator, config)
+        recorder = None
+        if config.trainer.record_rollouts:
+            from simpletir.core.trainer.record import FOLDER, RecordingEstimator, RolloutRecorder
+
+            recorder = RolloutRecorder(Path(config.run_dir) / FOLDER)
+            estimator = RecordingEstimator(estimator, recorder)
         trainer = Trainer(
             config=config,
             pm=pm,
@@ -107,7 +114,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
             reward=reward,
             filters=filters,
             backend=backend,
-            estimator=pm.build("advantage_estimator", config.algorithm.adv_estimator, config),
+            estimator=estimator,
             policy_loss=pm.build("policy_loss", config.algorithm.policy_loss, config),
             sampler=sampler,
             valid=valid,
@@ -115,6 +122,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
             epoch_limit=None if config.total_training_steps else config.total_epochs,
+            recorder=recorder,
         )
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, backend, config)

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from simpletir.core.plugins import SimpletirPluginManager
     from simpletir.core.rollout import PolicyEngine, RolloutRunner
     from simpletir.core.specs import AdvantageEstimator, PolicyLossFunction, Reward, TrajectoryFilter
+    from simpletir.core.trainer.record import RolloutRecorder
 
 log = logging.getLogger("simpletir.trainer")
 
@@ -87,6 +88,7 @@ class Trainer:
     epoch_limit: int | None = None  # total_epochs when total_training_steps is not set
     step: int = 0  # the last finished step
     history: list[dict[str, float]] = field(default_factory=list)
+    recorder: RolloutRecorder | None = None  # trainer.record_rollouts: each step's rollouts, on disk
 
     @property
     def finished(self) -> bool:
@@ -128,6 +130,9 @@ async def train(t: Trainer) -> dict[str, Any]:
             with timer("step"):
                 metrics = await training_step(t, step, timer)
                 t.step = step
+                if t.recorder is not None:
+                    with timer("record"):
+                        t.recorder.finish(step, metrics, t.backend, epoch=t.sampler.epoch)
                 if config.save_freq != -1 and (step % config.save_freq == 0 or t.finished):
                     with timer("save"):
                         save(t, {**metrics, **timer.seconds})
@@ -233,8 +238,12 @@ async def collect(
                 score_groups, groups, t.reward, progress=False, answer_format=config.rollout.answer_format
             )
         collector.add(scored, prompts=len(problems))
+        if t.recorder is not None:
+            t.recorder.draw(step, problems, scored)
         draw += 1
     result = collector.result()
+    if t.recorder is not None:
+        t.recorder.kept(step, result.groups)
     return result.groups, {**result.metrics, "perf/generated_tokens": float(generated)}
 
 
