@@ -41,6 +41,15 @@ BAD: dict[str, list[str]] = {
     "algorithm.overlong_penalty_factor": ["-1"],
     "trainer.micro_batch_tokens": ["-1"],
     "trainer.wandb_init_timeout_s": ["0", "-1"],
+    "rollout.max_trajectory_retries": ["-1"],
+    "ray.object_store_mb": ["0", "63"],
+    "ray.engine_cpus": ["-1"],
+    "ray.engine_gpus": ["-2"],
+    "ray.sandbox_cpus": ["-0.5"],
+    "ray.reward_cpus": ["-1"],
+    "ray.trainer_cpus": ["-1"],
+    "ray.trainer_gpus": ["-2"],
+    "ray.actor_restarts": ["-1"],
 }
 FLOATS = {f.key for f in iter_fields() if f.type.startswith("float")}
 CASES = [

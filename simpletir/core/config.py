@@ -69,6 +69,11 @@ class RolloutConfig:
     tensor_parallel_size: int = option(1, "vLLM tensor parallel size")
     enforce_eager: bool = option(False, "disable CUDA graphs in vLLM (forced on CPU)")
     progress: bool = option(True, "show a progress bar during rollouts")
+    max_trajectory_retries: int = option(
+        2,
+        "times a trajectory is restarted from its first turn when a component it used was lost "
+        "mid-way (a Ray engine replica or sandbox pool that died); counted as rollout/retried_trajectories",
+    )
 
 
 @dataclass
@@ -136,6 +141,45 @@ class TrainerConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where the actors of ``executor: ray`` run and what each one reserves (docs/distributed.md)."""
+
+    address: str | None = option(
+        None,
+        "Ray cluster to attach to: auto ($RAY_ADDRESS or the head started on this node), host:port, "
+        "or null to start a private Ray for this run",
+    )
+    num_cpus: int | None = option(
+        None, "CPUs of a private Ray (null = the machine's cores, or what the actors reserve if more)"
+    )
+    object_store_mb: int = option(512, "object store of a private Ray, MiB (weights and batches pass there)")
+    engine_replicas: int = option(
+        1, "rollout engine replicas (data parallel; requests go to the least loaded)"
+    )
+    engine_cpus: float = option(1.0, "CPUs each engine replica reserves")
+    engine_gpus: float = option(
+        -1.0,
+        "GPUs each engine replica reserves; -1 = rollout.tensor_parallel_size on a cluster with GPUs, else 0",
+    )
+    sandbox_pools: int = option(
+        1,
+        "sandbox pool actors, spread over nodes; each tool call goes to the pool with fewest calls in flight",
+    )
+    sandbox_cpus: float = option(
+        1.0, "CPUs each sandbox pool reserves (size plugin_config.python.workers to match)"
+    )
+    reward_workers: int = option(1, "reward actors; a batch of verdicts is split between them")
+    reward_cpus: float = option(1.0, "CPUs each reward actor reserves")
+    trainer_cpus: float = option(1.0, "CPUs the trainer backend actor reserves")
+    trainer_gpus: float = option(
+        -1.0, "GPUs the trainer backend actor reserves; -1 = 1 on a cluster with GPUs, else 0"
+    )
+    actor_restarts: int = option(
+        3, "times Ray restarts a dead engine, sandbox or reward actor (the trainer is never restarted)"
+    )
+
+
+@dataclass
 class ExperimentConfig:
     # -- identity and data ------------------------------------------------------------------
     experiment_name: str = option("simpletir", "run name: logs/<name>_*.json, checkpoints/<name>/")
@@ -183,11 +227,14 @@ class ExperimentConfig:
     runs_dir: str = option("runs", "folder holding one run directory per run: runs/<experiment_name>")
     run_dir: str | None = option(None, "this run's folder; set by the run itself (leave unset)")
     checkpoints_dir: str = option("checkpoints", "folder for checkpoints/<run>/")
-    executor: Literal["local", "ray"] = option("local", "where components run")
+    executor: Literal["local", "ray"] = option(
+        "local", "where components run: local (this process and its children) or ray (actors; see ray.*)"
+    )
     # -- sections ---------------------------------------------------------------------------
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def train_datasets(self) -> list[str]:

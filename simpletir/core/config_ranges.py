@@ -93,6 +93,19 @@ NUMERIC_RULES: dict[str, Rule] = {
     "trainer.keep_checkpoints": COUNT,
     "trainer.weight_sync_bucket_mb": COUNT,
     "trainer.wandb_init_timeout_s": positive(),
+    "rollout.max_trajectory_retries": at_least(0),
+    "ray.num_cpus": COUNT,  # None (the machine's cores) is skipped
+    "ray.object_store_mb": at_least(64),
+    "ray.engine_replicas": COUNT,
+    "ray.engine_cpus": at_least(0),
+    "ray.engine_gpus": at_least(-1),  # -1 = auto
+    "ray.sandbox_pools": COUNT,
+    "ray.sandbox_cpus": at_least(0),
+    "ray.reward_workers": COUNT,
+    "ray.reward_cpus": at_least(0),
+    "ray.trainer_cpus": at_least(0),
+    "ray.trainer_gpus": at_least(-1),
+    "ray.actor_restarts": at_least(0),
 }
 
 

@@ -48,3 +48,13 @@ def closest(name: str, candidates: Iterable[str]) -> str:
 def print_warning(message: str) -> None:
     """``simpletir: warning: ...`` on stderr: something the user should know that stops nothing."""
     print(f"simpletir: warning: {message}", file=sys.stderr)
+
+
+class ComponentLost(Exception):
+    """A component's worker died mid-call (a Ray engine replica or sandbox pool actor).
+
+    Not the user's fault and not the call's: whoever raises it has arranged for the worker to come
+    back (Ray restarts the actor), so the work that was in flight can be redone. The rollout loop
+    restarts the trajectory from its first turn (``rollout.max_trajectory_retries``); a tool call
+    that raises it is not turned into a failed tool result.
+    """

@@ -53,6 +53,7 @@ from simpletir.core.data import (
 )
 from simpletir.core.errors import ConfigError, DataError
 from simpletir.core.eval_journal import JOURNAL_FILE, EvalJournal, evaluation_fingerprint
+from simpletir.core.executor import open_executor
 from simpletir.core.fileio import atomic_write_json, atomic_write_jsonl
 from simpletir.core.metrics import evaluation_metrics
 from simpletir.core.types import Problem, RewardInput, Trajectory, TrajectoryGroup
@@ -251,10 +252,6 @@ def summary_table(result: dict[str, Any]) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def build_tools(config: ExperimentConfig, pm: SimpletirPluginManager) -> list[Tool]:
-    return [pm.build("tool", name, config) for name in config.tools] if config.tool_use else []
-
-
 def _warn_close(what: str, exc: Exception) -> None:
     print(f"simpletir: warning: closing the {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
@@ -437,8 +434,10 @@ def run_evaluation(
     with contextlib.ExitStack() as stack:
         if journal is not None:
             stack.callback(closing, "journal", journal.close)
+        # executor: local (in-process) or ray (actors); it connects only when it builds something
+        executor = stack.enter_context(open_executor(config))
         if reward is None:
-            reward = pm.build("reward", config.reward, config)
+            reward = executor.build_reward(config, pm)
             stack.callback(closing, "reward", reward.close)
         warm_up = getattr(reward, "warm_up", None)
         if callable(warm_up):
@@ -448,13 +447,11 @@ def run_evaluation(
         handed: list[bool] = []  # non-empty once the rollout's event loop owns the tools
         if todo:  # nothing left to roll out (a finished run resumed): no engine, no tools
             if tools is None:
-                tools = owned_tools = build_tools(config, pm)
+                tools = owned_tools = executor.build_tools(config, pm)
                 # Until the rollout's loop owns them, a failure (the engine's start) closes them here.
                 stack.callback(close_unused_tools, owned_tools, handed)
             if engine is None:
-                from simpletir.core.rollout import build_engine
-
-                engine = build_engine(config)
+                engine = executor.build_engine(config)
                 stack.callback(closing, "engine", engine.close)
             from simpletir.core.rollout import RolloutRunner
 

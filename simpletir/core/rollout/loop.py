@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from simpletir.core.answers import answer_format
-from simpletir.core.errors import ConfigError
+from simpletir.core.errors import ComponentLost, ConfigError
 from simpletir.core.prompts import assemble_prompt_template, tool_instructions
 from simpletir.core.rollout.engine import PolicyEngine, SamplingParams
 from simpletir.core.types import (
@@ -278,6 +278,8 @@ class RolloutRunner:
         self._adapters = [_ToolAdapter.of(i, tool, configured) for i, tool in enumerate(self.tools)]
         self._reported: set[str] = set()  # tools whose first failure was logged with its traceback
         self._calls = itertools.count()
+        #: trajectories restarted because a component they used was lost (ComponentLost), ever
+        self.retried_trajectories = 0
 
     # -- prompts --------------------------------------------------------------------------
     def build_prompt(self, problem: Problem) -> tuple[list[int], str]:
@@ -371,9 +373,7 @@ class RolloutRunner:
 
         async def one(problem: Problem, prompt: tuple[list[int], str], k: int) -> Trajectory:
             async with semaphore:
-                trajectory = await self.trajectory(
-                    problem, prompt, k, training, seed_key=(call, problem.id, k)
-                )
+                trajectory = await self._retrying(problem, prompt, k, training, (call, problem.id, k))
             bar.update(1)
             return trajectory
 
@@ -398,6 +398,29 @@ class RolloutRunner:
         return list(groups)
 
     # -- one trajectory -------------------------------------------------------------------
+    async def _retrying(
+        self,
+        problem: Problem,
+        prompt: tuple[list[int], str],
+        k: int,
+        training: bool,
+        seed_key: tuple[object, ...],
+    ) -> Trajectory:
+        """:meth:`trajectory`, restarted from its first turn when a component it used was lost.
+
+        The same seeds are used again, so with a deterministic engine the retried trajectory is
+        the one the lost attempt would have produced: a retry changes no result, only the time.
+        """
+        for attempt in itertools.count():
+            try:
+                return await self.trajectory(problem, prompt, k, training, seed_key=seed_key)
+            except ComponentLost as exc:
+                if attempt >= self.config.rollout.max_trajectory_retries:
+                    raise
+                self.retried_trajectories += 1
+                log.warning("problem %r sample %d: %s; restarting the trajectory", problem.id, k, exc)
+        raise AssertionError("unreachable")
+
     async def trajectory(
         self,
         problem: Problem,
@@ -531,6 +554,8 @@ class RolloutRunner:
                 state.open_errors[adapter.index] = (
                     f"open_session did not return within {adapter.session_deadline_s:g} s"
                 )
+            except ComponentLost:
+                raise
             except Exception as exc:
                 state.open_errors[adapter.index] = f"open_session raised {type(exc).__name__}: {exc}"
                 self._report(adapter, state.open_errors[adapter.index], exc)
@@ -547,6 +572,8 @@ class RolloutRunner:
                 await _bounded(functools.partial(close, session), adapter.session_deadline_s)
             except _Overran:
                 self._report(adapter, f"close_session did not return within {adapter.session_deadline_s:g} s")
+            except ComponentLost:
+                pass  # the session went with its worker
             except Exception as exc:
                 self._report(adapter, f"close_session raised {type(exc).__name__}: {exc}", exc)
 
@@ -576,6 +603,8 @@ class RolloutRunner:
                 duration_ms=(time.perf_counter() - started) * 1000.0,
                 error=message,
             )
+        except ComponentLost:
+            raise  # not the code's failure: the whole trajectory is redone
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             self._report(adapter, f"run raised {message}", exc)

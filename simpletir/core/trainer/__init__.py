@@ -1,10 +1,11 @@
 """The training stage: ``simpletir-run CONFIG`` without ``val_only``.
 
 :func:`run_training` checks what it can before anything heavy (dataset sizes, batch arithmetic,
-the checkpoint to resume from), builds the components once (reward workers, filters, sandbox
-tools, the rollout engine, the trainer backend), pushes the trainer's weights into the engine
-(which also proves that they fit), restores a checkpoint when resuming, and hands everything to
-:func:`simpletir.core.trainer.loop.train` on one event loop. Whatever it built, it closes.
+the checkpoint to resume from), builds the components once through the executor (``executor``:
+local or ray; reward workers, sandbox tools, the rollout engine, the trainer backend), pushes the
+trainer's weights into the engine (which also proves that they fit), restores a checkpoint when
+resuming, and hands everything to :func:`simpletir.core.trainer.loop.train` on one event loop.
+Whatever it built, it closes.
 """
 
 from __future__ import annotations
@@ -50,17 +51,12 @@ def check_training_data(config: ExperimentConfig, train: list[Problem]) -> None:
 
 def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
     """Train ``config.model_name``; returns the last step's metrics and where files went."""
-    from simpletir.core.backend import build_backend, check_backend_available
+    from simpletir.core.backend import check_backend_available
     from simpletir.core.batching import PromptSampler
-    from simpletir.core.evaluate import (
-        build_tools,
-        close_unused_tools,
-        closing,
-        load_benchmarks,
-        with_tools_closed,
-    )
+    from simpletir.core.evaluate import close_unused_tools, closing, load_benchmarks, with_tools_closed
+    from simpletir.core.executor import open_executor
     from simpletir.core.filtering import build_filters
-    from simpletir.core.rollout import RolloutRunner, build_engine
+    from simpletir.core.rollout import RolloutRunner
     from simpletir.core.rollout.models import resolve_model
     from simpletir.core.trainer import checkpoint as ckpt
     from simpletir.core.trainer.loop import Trainer, train
@@ -85,18 +81,20 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
     model_dir = resolve_model(config.model_name)
 
     with contextlib.ExitStack() as stack:
-        reward = pm.build("reward", config.reward, config)
+        # executor: local (in-process) or ray (actors); everything below is the same code for both
+        executor = stack.enter_context(open_executor(config))
+        reward = executor.build_reward(config, pm)
         stack.callback(closing, "reward", reward.close)
         warm_up = getattr(reward, "warm_up", None)
         if callable(warm_up):
             warm_up()
         filters = build_filters(pm, config)
-        tools = build_tools(config, pm)
+        tools = executor.build_tools(config, pm)
         handed: list[bool] = []
         stack.callback(close_unused_tools, tools, handed)
-        engine = build_engine(config)
+        engine = executor.build_engine(config)
         stack.callback(closing, "engine", engine.close)
-        backend = build_backend(config, model_dir)
+        backend = executor.build_backend(config, model_dir)
         stack.callback(closing, "trainer backend", backend.close)
         sampler = PromptSampler(train_problems, seed=config.seed)
         estimator = pm.build("advantage_estimator", config.algorithm.adv_estimator, config)

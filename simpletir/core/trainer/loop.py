@@ -229,6 +229,7 @@ async def collect(
     )
     draw = 0
     generated = 0
+    retried = t.runner.retried_trajectories  # restarted because an engine replica or tool pool was lost
     while not collector.done:
         problems = t.sampler.take(collector.next_draw_size())
         groups = await t.runner.arun(problems, training=True, seed_round=("train", step, draw))
@@ -244,7 +245,11 @@ async def collect(
     result = collector.result()
     if t.recorder is not None:
         t.recorder.kept(step, result.groups)
-    return result.groups, {**result.metrics, "perf/generated_tokens": float(generated)}
+    return result.groups, {
+        **result.metrics,
+        "perf/generated_tokens": float(generated),
+        "rollout/retried_trajectories": float(t.runner.retried_trajectories - retried),
+    }
 
 
 # -- the objective on one micro-batch -----------------------------------------------------------
