@@ -53,6 +53,9 @@ _DELEGATED = {
     "sandbox": ("simpletir.plugins.tools.python_sandbox.cli", "run, check and benchmark the Python sandbox"),
     "score": ("simpletir.plugins.rewards.cli", "score responses against ground truths with a reward"),
     "export": ("simpletir.core.trainer.export", "write a training checkpoint as a Hugging Face model folder"),
+    "view": ("simpletir.viewer.view", "write a run's trajectories as one offline HTML page"),
+    "plot": ("simpletir.viewer.plot", "plot the training curves of runs, overlaid, into a PNG"),
+    "replay": ("simpletir.core.trainer.replay", "re-run recorded training steps' updates and compare"),
 }
 
 

@@ -171,10 +171,10 @@ class RecordingEstimator:
 
     inner: AdvantageEstimator
     recorder: RolloutRecorder
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
 
     def compute(self, scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         advantages = self.inner.compute(scores, group_ids)
