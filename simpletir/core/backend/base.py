@@ -5,7 +5,8 @@ a backend padded :class:`~simpletir.core.trainer.tensors.TrainBatch` es and a lo
 of :mod:`simpletir.core.algo`'s pure functions. A backend is chosen once, by ``trainer.backend``:
 
 * ``hf``: transformers + a torch AdamW in this process (:mod:`simpletir.core.backend.hf`);
-* ``megatron``: megatron-core tensor parallel (its own issue; same interface).
+* ``megatron``: megatron-core at ``trainer.tensor_parallel_size``, rank 0 in this process and the
+  other ranks in processes it starts (:mod:`simpletir.core.backend.megatron`).
 
 Parameters cross the seam in Hugging Face names, so weight sync into the rollout engine, the
 checkpoint's model folder and ``simpletir export`` are the same for every backend.
@@ -79,10 +80,14 @@ def check_backend_available(config: ExperimentConfig) -> None:
     """Say before any heavy work when ``trainer.backend`` cannot be built here."""
     name = config.trainer.backend
     if name == "megatron":
-        raise StageUnavailableError(
-            "trainer.backend=megatron is not available yet (its issue builds it on this seam); "
-            "use trainer.backend=hf"
-        )
+        try:
+            import megatron.core  # noqa: F401
+        except ImportError as exc:
+            raise StageUnavailableError(
+                f"trainer.backend=megatron needs megatron-core ({exc}); pip install 'megatron-core>=0.16' "
+                "(the cpu and gpu extras have it), or use trainer.backend=hf"
+            ) from exc
+        return
     if name != "hf":
         raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")
 
@@ -90,6 +95,10 @@ def check_backend_available(config: ExperimentConfig) -> None:
 def build_backend(config: ExperimentConfig, model_dir: Path) -> TrainerBackend:
     """The backend ``config.trainer.backend`` names (imported only when chosen)."""
     check_backend_available(config)
+    if config.trainer.backend == "megatron":
+        from simpletir.core.backend.megatron import MegatronBackend
+
+        return MegatronBackend(model_dir, config)
     from simpletir.core.backend.hf import HFBackend
 
     return HFBackend(model_dir, config)

@@ -57,7 +57,7 @@ from simpletir.core.types import Problem, StepReport, TrajectoryGroup
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from simpletir.core.backend import LossFn, TrainerBackend
+    from simpletir.core.backend import TrainerBackend
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.plugins import SimpletirPluginManager
     from simpletir.core.rollout import PolicyEngine, RolloutRunner
@@ -260,18 +260,40 @@ def loss_function(
     config: ExperimentConfig,
     parts: list[dict[str, float]],
     policy_fn: PolicyLossFunction | None = None,
-) -> LossFn:
-    """The actor loss of one micro-batch, scaled to its share of the mini-batch's loss.
+) -> MicroBatchLoss:
+    """The actor loss of one micro-batch of ``mini``, scaled to its share of the mini-batch's loss.
 
     Gradients of the micro-batches add up to the gradient of the loss over the whole mini-batch:
     ``token-mean`` divides every micro-batch by the mini-batch's token count; the per-sequence
-    modes weigh each micro-batch by its share of the mini-batch's rows.
+    modes weigh each micro-batch by its share of the mini-batch's rows. Each call appends its
+    metrics to ``parts``.
     """
-    a = config.algorithm
-    mini_tokens = float(mini.num_loss_tokens)
-    mini_rows_with_tokens = float((mini.loss_mask.sum(-1) > 0).sum())
+    return MicroBatchLoss(
+        config=config,
+        policy_fn=policy_fn,
+        mini_tokens=float(mini.num_loss_tokens),
+        mini_rows_with_tokens=float((mini.loss_mask.sum(-1) > 0).sum()),
+        mini_rows=mini.size,
+        parts=parts,
+    )
 
-    def loss_fn(micro: TrainBatch, logprobs: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
+
+@dataclass
+class MicroBatchLoss:
+    """A picklable loss function (a :data:`~simpletir.core.backend.LossFn`): a backend whose
+    ranks live in other processes sends it there and hands their ``parts`` back."""
+
+    config: ExperimentConfig
+    policy_fn: PolicyLossFunction | None
+    mini_tokens: float
+    mini_rows_with_tokens: float
+    mini_rows: int
+    parts: list[dict[str, float]]
+
+    def __call__(
+        self, micro: TrainBatch, logprobs: torch.Tensor, entropy: torch.Tensor | None
+    ) -> torch.Tensor:
+        a = self.config.algorithm
         device = logprobs.device
 
         def on(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -281,9 +303,9 @@ def loss_function(
         if a.loss_agg_mode == "token-mean":
             scale = 1.0
         elif a.loss_agg_mode == "seq-mean-token-mean":
-            scale = float((micro.loss_mask.sum(-1) > 0).sum()) / max(mini_rows_with_tokens, 1.0)
+            scale = float((micro.loss_mask.sum(-1) > 0).sum()) / max(self.mini_rows_with_tokens, 1.0)
         else:
-            scale = micro.size / mini.size
+            scale = micro.size / self.mini_rows
         out = actor_loss(
             logprobs,
             on(micro.old_logprobs),  # type: ignore[arg-type]
@@ -293,21 +315,19 @@ def loss_function(
             clip_ratio_high=a.clip_ratio_high,
             clip_ratio_c=a.clip_ratio_c,
             loss_agg_mode=a.loss_agg_mode,
-            max_response_length=config.max_response_length,
-            denominator=max(mini_tokens, 1.0) if a.loss_agg_mode == "token-mean" else None,
+            max_response_length=self.config.max_response_length,
+            denominator=max(self.mini_tokens, 1.0) if a.loss_agg_mode == "token-mean" else None,
             ref_logprobs=on(micro.ref_logprobs) if a.use_kl_loss else None,
             kl_coef=a.kl_coef,
             kl_estimator=a.kl_estimator,
             entropy=entropy,
             entropy_coeff=a.entropy_coeff,
             token_weights=on(micro.tis_weights),
-            policy_fn=policy_fn,
+            policy_fn=self.policy_fn,
         )
-        weight = float(micro.loss_mask.sum()) / max(mini_tokens, 1.0)
-        parts.append({"weight": weight, "loss": float(out.loss.detach()) * scale, **out.metrics()})
+        weight = float(micro.loss_mask.sum()) / max(self.mini_tokens, 1.0)
+        self.parts.append({"weight": weight, "loss": float(out.loss.detach()) * scale, **out.metrics()})
         return out.loss * scale
-
-    return loss_fn
 
 
 def merge_micro(parts: Sequence[dict[str, float]]) -> dict[str, float]:

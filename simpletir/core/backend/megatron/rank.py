@@ -1,0 +1,304 @@
+"""One tensor-parallel rank of the Megatron backend: its shard of the policy, its optimiser.
+
+Every rank runs the same calls in the same order (the controller in
+:mod:`simpletir.core.backend.megatron` sees to that); the collectives inside them (vocab-parallel
+log-probs, the grad norm, gathers for export) are what keeps them in step. Results are identical
+on every rank; the controller uses rank 0's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from simpletir.core.backend.megatron import convert
+from simpletir.core.backend.megatron.model import build_gpt_model, check_divisible, model_shape, padded_vocab
+from simpletir.core.backend.megatron.parallel_math import (
+    clip_gradients,
+    global_grad_norm,
+    logprobs_and_entropy,
+    mask_padded_vocab,
+)
+from simpletir.core.errors import ModelNotFoundError
+from simpletir.core.trainer.tensors import TrainBatch, micro_batches, response_positions
+
+if TYPE_CHECKING:
+    from simpletir.core.backend.base import LossFn
+    from simpletir.core.config import ExperimentConfig
+
+MODEL_FOLDER = "model"
+OPTIMIZER_FOLDER = "optimizer"  # Adam moments in HF names: a checkpoint resumes at any TP size
+OPTIMIZER_STATE = "optimizer_state.json"
+FILE_BYTES = 2 << 30  # safetensors files of at most ~2 GiB, like save_pretrained's shards
+HF_SIDE_FILES = ("config.json", "generation_config.json")
+
+
+class HFWeights:
+    """Tensors of a HF folder's safetensors files, read one at a time by name."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = folder
+        self.where: dict[str, Path] = {}
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ModelNotFoundError(f"{folder}: no safetensors weights")
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                self.where.update(dict.fromkeys(handle.keys(), file))
+
+    def read(self, name: str, *, tied_to: str | None = None) -> Tensor:
+        from safetensors import safe_open
+
+        if name not in self.where and tied_to is not None:
+            name = tied_to
+        if name not in self.where:
+            raise ModelNotFoundError(f"{self.folder}: no tensor {name!r} in its safetensors files")
+        with safe_open(str(self.where[name]), framework="pt") as handle:
+            return handle.get_tensor(name).float()
+
+
+def write_safetensors(folder: Path, tensors: Iterator[tuple[str, Tensor]], prefix: str = "model") -> None:
+    """Stream ``tensors`` into ``prefix-0000k-of-0000n.safetensors`` files plus an index."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[dict[str, Tensor]] = [{}]
+    size = 0
+    written: list[Path] = []
+
+    def flush() -> None:
+        path = folder / f"{prefix}-part{len(written):05d}.safetensors"
+        save_file(files[-1], str(path), metadata={"format": "pt"})
+        written.append(path)
+        files.append({})
+
+    for name, tensor in tensors:
+        if size and size + tensor.numel() * tensor.element_size() > FILE_BYTES:
+            flush()
+            size = 0
+        files[-1][name] = tensor.detach().to("cpu").contiguous().clone()
+        size += tensor.numel() * tensor.element_size()
+    flush()
+    # the names HF expects: model-00001-of-00002.safetensors + model.safetensors.index.json
+    total = len(written)
+    weight_map: dict[str, str] = {}
+    for index, path in enumerate(written, start=1):
+        final = folder / f"{prefix}-{index:05d}-of-{total:05d}.safetensors"
+        path.rename(final)
+        from safetensors import safe_open
+
+        with safe_open(str(final), framework="pt") as handle:
+            weight_map.update(dict.fromkeys(handle.keys(), final.name))
+    index_file = folder / f"{prefix}.safetensors.index.json"
+    index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+
+
+def _pick_positions(positions: Tensor, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook of the output layer: keep only the hidden states that predict response
+    tokens, so the LM head runs on ``[T, B]`` positions instead of ``[L, B]``."""
+    hidden = args[0]  # [L, B, H] (sequence first, megatron's layout)
+    index = positions.t().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [T, B, H]
+    return (hidden.gather(0, index), *args[1:]), kwargs
+
+
+class MegatronRank:
+    """This process's shard of the policy (and of the reference model), and its AdamW."""
+
+    def __init__(self, model_dir: Path, config: ExperimentConfig, device: torch.device) -> None:
+        from megatron.core import parallel_state
+        from transformers import AutoConfig
+
+        self.config = config
+        self.model_dir = Path(model_dir)
+        self.device = device
+        tp = config.trainer.tensor_parallel_size
+        if not parallel_state.model_parallel_is_initialized():
+            parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+        self.tp = tp
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None
+        self.shape = model_shape(AutoConfig.from_pretrained(model_dir), str(model_dir))
+        check_divisible(self.shape, tp)
+        self.vocab_start = self.tp_rank * (padded_vocab(self.shape, tp) // tp)
+        self.temperature = config.rollout.temperature or 1.0
+        weights = HFWeights(self.model_dir)
+        self.model = self._build(weights)
+        self.model.train()  # dropout is 0 in the config; train() keeps activation recompute usable
+        self.reference = (
+            self._build(weights).eval().requires_grad_(False) if config.algorithm.use_kl_loss else None
+        )
+        a = config.algorithm
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=a.lr, betas=(float(a.betas[0]), float(a.betas[1])), weight_decay=a.weight_decay
+        )
+        self.steps_taken = 0
+
+    def _build(self, weights: HFWeights) -> Any:
+        torch.manual_seed(self.config.seed)  # same on every rank: CPU init splits one master weight
+        model = build_gpt_model(self.shape, tp=self.tp, on_cuda=self.device.type == "cuda")
+        convert.mark_tensor_parallel(model)
+        self._load_hf(model, weights.read)
+        return model
+
+    def _load_hf(self, model: Any, read: Callable[..., Tensor]) -> None:
+        def read_tied(name: str) -> Tensor:
+            tied = "model.embed_tokens.weight" if name == "lm_head.weight" else None
+            return read(name, tied_to=tied) if tied else read(name)
+
+        convert.load_from_hf(self.shape, model.named_parameters(), read_tied, self.tp_rank, self.tp)
+
+    # -- forward --------------------------------------------------------------------------
+    def _forward(self, model: Any, micro: TrainBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        ids = micro.input_ids.to(self.device)
+        # Right-padded rows: positions 0..L-1 are right for every row (megatron's RoPE ignores
+        # position_ids anyway), and the causal mask keeps valid tokens from seeing the padding.
+        positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
+        hook = model.output_layer.register_forward_pre_hook(
+            functools.partial(_pick_positions, response_positions(micro).to(self.device)), with_kwargs=True
+        )
+        try:
+            logits = model(ids, positions, None)  # [B, T, V/tp]
+        finally:
+            hook.remove()
+        logits = mask_padded_vocab(logits.float() / self.temperature, self.vocab_start, self.shape.vocab_size)
+        return logprobs_and_entropy(
+            logits, micro.responses.to(self.device), self.vocab_start, self.group, with_entropy
+        )
+
+    def _no_grad_pass(
+        self, model: Any, batch: TrainBatch, with_entropy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        t = self.config.trainer
+        logprobs = torch.zeros(batch.responses.shape, dtype=torch.float32)
+        entropy = torch.zeros(batch.responses.shape, dtype=torch.float32) if with_entropy else None
+        start = 0
+        with torch.no_grad():
+            for micro in micro_batches(batch, t.micro_batch_size, t.micro_batch_tokens):
+                rows, width = micro.size, micro.responses.shape[1]
+                lp, ent = self._forward(model, micro, with_entropy)
+                logprobs[start : start + rows, :width] = lp.cpu()
+                if entropy is not None and ent is not None:
+                    entropy[start : start + rows, :width] = ent.cpu()
+                start += rows
+        return logprobs, entropy
+
+    def logprobs(self, batch: TrainBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        return self._no_grad_pass(self.model, batch, with_entropy)
+
+    def reference_logprobs(self, batch: TrainBatch) -> Tensor:
+        if self.reference is None:
+            raise RuntimeError("reference_logprobs: no reference model (algorithm.use_kl_loss is off)")
+        return self._no_grad_pass(self.reference, batch, False)[0]
+
+    # -- update ---------------------------------------------------------------------------
+    def current_lr(self) -> float:
+        a = self.config.algorithm
+        if a.warmup_steps <= 0:
+            return a.lr
+        return a.lr * min(1.0, (self.steps_taken + 1) / a.warmup_steps)
+
+    def train_step(self, batch: TrainBatch, loss_fn: LossFn, with_entropy: bool) -> dict[str, float]:
+        t = self.config.trainer
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in micro_batches(batch, t.micro_batch_size, t.micro_batch_tokens):
+            logprobs, entropy = self._forward(self.model, micro, with_entropy)
+            loss_fn(micro, logprobs, entropy).backward()
+        grad_norm = global_grad_norm(self.params, self.group, self.device)
+        lr = self.current_lr()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:  # one bad batch must not write NaN into every weight
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            clip_gradients(self.params, self.config.grad_clip, grad_norm)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.steps_taken += 1
+        return {"actor/grad_norm": grad_norm, "actor/lr": lr, "actor/skipped_step": float(skipped)}
+
+    # -- weights in HF names --------------------------------------------------------------
+    def _local(self, kind: str) -> Iterator[tuple[str, Tensor]]:
+        for name, p in self.model.named_parameters():
+            if kind == "param":
+                yield name, p.detach()
+            elif kind == "grad":
+                yield name, p.grad if p.grad is not None else torch.zeros_like(p)
+            else:  # an Adam moment: zeros before the first step
+                yield name, self.optimizer.state.get(p, {}).get(kind, torch.zeros_like(p))
+
+    def hf_tensors(self, kind: str = "param") -> Iterator[tuple[str, Tensor]]:
+        """Full tensors in HF names, gathered over TP (a collective: every rank iterates)."""
+        yield from convert.iter_hf(self.shape, self._local(kind), self.group, self.tp)
+
+    def export(self, folder: Path) -> None:
+        """An HF model folder (rank 0 writes; the others only take part in the gathers)."""
+        writing = self.tp_rank == 0
+        tensors = self.hf_tensors("param")
+        if writing:
+            write_safetensors(folder, tensors)
+            for name in HF_SIDE_FILES:
+                if (self.model_dir / name).is_file():
+                    shutil.copy2(self.model_dir / name, folder / name)
+        else:
+            for _ in tensors:
+                pass
+
+    def save(self, folder: Path) -> None:
+        self.export(folder / MODEL_FOLDER)
+        for kind in ("exp_avg", "exp_avg_sq"):
+            tensors = ((f"{kind}.{name}", t) for name, t in self.hf_tensors(kind))
+            if self.tp_rank == 0:
+                write_safetensors(folder / OPTIMIZER_FOLDER, tensors, prefix=kind)
+            else:
+                for _ in tensors:
+                    pass
+        if self.tp_rank == 0:
+            state = {"steps_taken": self.steps_taken, "tensor_parallel_size": self.tp}
+            (folder / OPTIMIZER_FOLDER / OPTIMIZER_STATE).write_text(json.dumps(state))
+
+    def load(self, folder: Path) -> None:
+        model = HFWeights(folder / MODEL_FOLDER)
+        self._load_hf(self.model, model.read)
+        state_file = folder / OPTIMIZER_FOLDER / OPTIMIZER_STATE
+        if not state_file.is_file():
+            raise ModelNotFoundError(
+                f"checkpoint {folder}: no {OPTIMIZER_FOLDER}/{OPTIMIZER_STATE} (not a megatron checkpoint?)"
+            )
+        self.steps_taken = int(json.loads(state_file.read_text())["steps_taken"])
+        moments = HFWeights(folder / OPTIMIZER_FOLDER)
+        self.optimizer.state.clear()
+        if self.steps_taken == 0:
+            return
+        shards: dict[str, dict[str, Tensor]] = {}
+        for kind in ("exp_avg", "exp_avg_sq"):
+            holder = {name: torch.empty_like(p) for name, p in self.model.named_parameters()}
+            convert.load_from_hf(
+                self.shape,
+                holder.items(),
+                lambda n, kind=kind: moments.read(f"{kind}.{n}"),
+                self.tp_rank,
+                self.tp,
+            )
+            shards[kind] = holder
+        for name, p in self.model.named_parameters():
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(self.steps_taken)),
+                "exp_avg": shards["exp_avg"][name],
+                "exp_avg_sq": shards["exp_avg_sq"][name],
+            }
+
+    def close(self) -> None:
+        self.model = None
+        self.reference = None
+        self.optimizer = None  # type: ignore[assignment]
