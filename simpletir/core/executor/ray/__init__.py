@@ -22,6 +22,7 @@ so a multi-node run needs ``checkpoints_dir`` on a file system every node sees (
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ class RayExecutor(Executor):
         self._connected = False
         self._started_ray = False
         self._gpus = False
+        self._tag = uuid.uuid4().hex[:6]  # two runs of one name on a cluster do not collide
 
     def _connect(self) -> None:
         if self._connected:
@@ -53,16 +55,33 @@ class RayExecutor(Executor):
         cluster.check_resources(self.config)
         self._gpus = cluster.gpus_present()
 
-    def _actor(self, cls: type, *, cpus: float, gpus: float = 0.0, restarts: int, **options: Any) -> Any:
+    def _start(
+        self,
+        cls: type,
+        kind: str,
+        count: int,
+        args: tuple[Any, ...],
+        *,
+        cpus: float,
+        gpus: float = 0.0,
+        restarts: int,
+        **options: Any,
+    ) -> list[Any]:
+        """``count`` actors of ``cls``, named ``<run>/<kind>-<i>-<tag>`` (``ray list actors`` shows them)."""
         import ray
 
-        return ray.remote(cls).options(
-            num_cpus=cpus,
-            num_gpus=gpus,
-            max_restarts=restarts,
-            max_task_retries=0,  # a lost call is redone by its owner (trajectory, slice), not blindly
-            **options,
-        )
+        remote_cls: Any = ray.remote(cls)
+        return [
+            remote_cls.options(
+                name=f"{self.config.run_name}/{kind}-{i}-{self._tag}",
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=restarts,
+                max_task_retries=0,  # a lost call is redone by its owner (trajectory, slice), not blindly
+                **options,
+            ).remote(*args)
+            for i in range(count)
+        ]
 
     def build_reward(self, config: ExperimentConfig, pm: SimpletirPluginManager) -> Reward:
         from simpletir.core.components import lookup
@@ -71,8 +90,14 @@ class RayExecutor(Executor):
         self._connect()
         spec = lookup(pm, "reward", config.reward, config).spec
         r = config.ray
-        actor = self._actor(RewardWorker, cpus=r.reward_cpus, restarts=r.actor_restarts)
-        workers = [actor.remote(spec, config) for _ in range(r.reward_workers)]
+        workers = self._start(
+            RewardWorker,
+            "reward",
+            r.reward_workers,
+            (spec, config),
+            cpus=r.reward_cpus,
+            restarts=r.actor_restarts,
+        )
         return RayReward(workers, retries=r.actor_restarts)
 
     def build_tools(self, config: ExperimentConfig, pm: SimpletirPluginManager) -> list[Tool]:
@@ -87,10 +112,15 @@ class RayExecutor(Executor):
         for name in config.tools:
             spec = lookup(pm, "tool", name, config).spec
             local = build_spec(spec, config)  # never started: parsing and formatting stay here
-            actor = self._actor(
-                ToolPoolWorker, cpus=r.sandbox_cpus, restarts=r.actor_restarts, scheduling_strategy="SPREAD"
+            pools = self._start(
+                ToolPoolWorker,
+                f"tool-{name}",
+                r.sandbox_pools,
+                (spec, config),
+                cpus=r.sandbox_cpus,
+                restarts=r.actor_restarts,
+                scheduling_strategy="SPREAD",  # one machine's cores do not run every snippet
             )
-            pools = [actor.remote(spec, config) for _ in range(r.sandbox_pools)]
             tools.append(RayTool(local, pools))
         return tools
 
@@ -102,13 +132,15 @@ class RayExecutor(Executor):
 
         self._connect()
         r = config.ray
-        actor = self._actor(
+        replicas = self._start(
             EngineWorker,
+            "engine",
+            r.engine_replicas,
+            (config,),
             cpus=r.engine_cpus,
             gpus=cluster.engine_gpus(config, self._gpus),
             restarts=r.actor_restarts,
         )
-        replicas = [actor.remote(config) for _ in range(r.engine_replicas)]
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model_name))
         return RayEngine(replicas, tokenizer)
 
@@ -121,11 +153,17 @@ class RayExecutor(Executor):
         check_backend_available(config)
         self._connect()
         r = config.ray
-        actor = self._actor(
-            BackendWorker, cpus=r.trainer_cpus, gpus=cluster.trainer_gpus(config, self._gpus), restarts=0
+        [actor] = self._start(
+            BackendWorker,
+            "trainer",
+            1,
+            (config, model_dir),
+            cpus=r.trainer_cpus,
+            gpus=cluster.trainer_gpus(config, self._gpus),
+            restarts=0,  # its optimiser state would be gone: a dead trainer stops the run
         )
         return RayBackend(
-            actor.remote(config, model_dir),
+            actor,
             AutoTokenizer.from_pretrained(model_dir),
             checkpoints=Path(config.checkpoints_dir) / config.run_name,
         )
