@@ -473,4 +473,8 @@ def run_evaluation(
     log.info("%s", table, extra={"file_only": True})
     if "files" in result:
         print(f"wrote {result['files']['accuracy']} and {result['files']['generations']}", file=sys.stderr)
+        if config.run_dir is not None:
+            from simpletir.viewer import view_hint
+
+            print(f"browse the trajectories: {view_hint(config.run_dir, logs, run)}", file=sys.stderr)
     return result

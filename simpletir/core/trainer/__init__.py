@@ -156,6 +156,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
 def report_files(config: ExperimentConfig, steps: int, latest: Path | None) -> None:
     """The last lines of a training run: where everything went, and what to do next."""
     from simpletir.core.loggers import METRICS_FILE, run_log_path
+    from simpletir.viewer import view_hint
 
     assert config.run_dir is not None
     logs = Path(config.logs_dir)
@@ -166,7 +167,10 @@ def report_files(config: ExperimentConfig, steps: int, latest: Path | None) -> N
         f"  validation:    {validations[-1] if validations else '(none: test_freq=-1)'}",
         f"  checkpoint:    {latest or '(none: save_freq=-1)'}",
         f"  run log:       {run_log_path(config)}",
+        f"  trajectories:  {view_hint(config.run_dir, logs, config.run_name)}",
     ]
+    if not config.trainer.record_rollouts:
+        lines.append("                 (the steps' own rollouts too with trainer.record_rollouts=true)")
     if latest is not None:
         lines.append(
             f"  export:        simpletir export --ckpt_path {latest} --output_path models/{config.run_name}"
