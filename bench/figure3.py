@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=20, help="training steps of each run")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per step (x 8 samples each)")
     parser.add_argument("--val-every", type=int, default=5, help="validate every N steps (and before)")
     parser.add_argument("--val-size", type=int, default=30, help="held-out arith problems")
     parser.add_argument("--workdir", default=str(REPO / "bench" / "results"), help="runs/ and logs/ go here")
@@ -56,6 +57,7 @@ def learn_args(args: argparse.Namespace, variant: str) -> list[str]:
     """bench/learn.py's experiment, this variant's mask_void_turns, the rollouts recorded."""
     return [
         "--steps", str(args.steps),
+        "--batch", str(args.batch),
         "--val-every", str(args.val_every),
         "--val-size", str(args.val_size),
         "--torch-threads", "1",  # faster on a shared 2-core machine (docs/benchmarks.md, Learning)
@@ -82,7 +84,10 @@ def run_one(args: argparse.Namespace, variant: str) -> int:
     import torch
 
     torch.set_num_threads(settings.torch_threads)
-    run_experiment(config, make_plugin_manager())
+    from simpletir.core.lifecycle import process_lifecycle
+
+    with process_lifecycle():  # as simpletir-run: SIGTERM stops the engine too, a reaper if we die
+        run_experiment(config, make_plugin_manager())
     return 0
 
 
@@ -122,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _passed(args: argparse.Namespace) -> list[str]:
     return [
-        "--steps", str(args.steps), "--val-every", str(args.val_every), "--val-size", str(args.val_size),
-        "--workdir", args.workdir, "--prefix", args.prefix,
+        "--steps", str(args.steps), "--batch", str(args.batch), "--val-every", str(args.val_every),
+        "--val-size", str(args.val_size), "--workdir", args.workdir, "--prefix", args.prefix,
     ]  # fmt: skip
 
 
