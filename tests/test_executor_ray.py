@@ -22,9 +22,11 @@ import torch
 from _trainer_helpers import tiny_overrides
 from safetensors.torch import load_file
 
+from simpletir import hookimpl
 from simpletir.core.config import ExperimentConfig
 from simpletir.core.config_load import load_config
 from simpletir.core.executor import make_executor
+from simpletir.core.executor.ray.backend import TrainerLost
 from simpletir.core.loggers import read_metrics
 from simpletir.core.plugins import make_plugin_manager
 from simpletir.core.rollout import RolloutRunner
@@ -32,7 +34,7 @@ from simpletir.core.rollout.models import resolve_model
 from simpletir.core.rollout.testing import TIR_QUESTION, ScriptedEngine, ScriptedTool, scripted_tir_model
 from simpletir.core.run import run_experiment
 from simpletir.core.trainer import checkpoint as ckpt
-from simpletir.core.types import Message, Problem
+from simpletir.core.types import FinishReason, Message, Problem, ToolCall
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +170,128 @@ def test_a_multi_turn_rollout_with_the_real_sandbox_is_the_same_on_ray(tir_model
     assert essentials(remote) == essentials(local)
     turns = essentials(remote)[0][-1]
     assert turns == [("print(6 * 7)", "42\n"), ("print(42 == 6 * 7)", "True\n"), (None, None)]  # real Python
+
+
+# -- faults: actors killed mid-rollout -----------------------------------------------------------
+SLOW_CALL = "Let me compute.\n```python\nimport time\ntime.sleep(0.5)\nprint(6 * 7)\n```\n"
+
+
+def test_a_sandbox_pool_killed_mid_rollout_is_restarted_and_its_trajectories_redone() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-qwen2"))
+    config = tir_config(executor="ray", max_turns=3)
+    config.ray = dataclasses.replace(config.ray, sandbox_pools=2)
+    # The model's side is scripted (every sample calls the tool once, then answers); the tool side
+    # is the real one: two nsjail pools in two actors, one of which is killed with calls in flight.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    engine = ScriptedEngine(
+        tokenizer, [SLOW_CALL, "The answer is \\boxed{42}.<|im_end|>"], eos_token_ids=[im_end]
+    )
+    executor = make_executor(config)
+    [tool] = executor.build_tools(config, make_plugin_manager())
+    runner = RolloutRunner(engine, [tool], config)
+    killed_with: list[int] = []
+
+    async def kill_pool_0_when_busy() -> None:
+        while tool.balance.in_flight[0] == 0:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)  # inside the 0.5 s snippets: the calls run in the pool now
+        killed_with.append(tool.balance.in_flight[0])
+        ray.kill(tool.pools[0], no_restart=False)  # as a crash would: Ray restarts it
+
+    async def main() -> tuple[list[Any], str]:
+        await tool.start()  # both pools up and warm: the kill hits calls that are running
+        killer = asyncio.create_task(kill_pool_0_when_busy())
+        try:
+            groups = await runner.arun([TIR_PROBLEM], n=6)
+            # the restarted pool serves again
+            again = await tool.pools[0].run.remote(ToolCall("python", "print(1 + 1)"), None, None, None)
+            return groups, again.stdout
+        finally:
+            killer.cancel()
+            await tool.aclose()
+
+    try:
+        groups, again = asyncio.run(main())
+    finally:
+        executor.close()
+    assert killed_with and killed_with[0] >= 1
+    trajectories = [t for g in groups for t in g.trajectories]
+    assert len(trajectories) == 6  # none lost
+    for t in trajectories:  # none failed: every call of every trajectory ran to completion
+        assert t.finish_reason is FinishReason.ANSWER
+        assert t.turns[0].tool_result is not None and t.turns[0].tool_result.stdout == "42\n"
+        assert t.turns[0].tool_result.error is None
+    assert runner.retried_trajectories >= killed_with[0] and tool.lost_calls >= killed_with[0]
+    assert again == "2\n"
+
+
+def test_an_engine_replica_killed_mid_rollout_comes_back_with_the_current_weights() -> None:
+    from transformers import AutoModelForCausalLM
+
+    config = tir_config(model_name="tiny-qwen2", tool_use=False, max_response_length=24, chat_template=False)
+    config.rollout = dataclasses.replace(config.rollout, chat_template=False, prompt_template="{question}")
+    problems = [
+        Problem(f"p{i}", "unit", (Message("user", f"What is {i} plus {i}?"),), str(2 * i)) for i in range(4)
+    ]
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-qwen2"))
+    noise = torch.Generator().manual_seed(0)
+    # Weights unlike the ones the engine starts with: a replica restarted without them samples otherwise.
+    new = [
+        (n, p.detach() + 0.05 * torch.randn(p.shape, generator=noise)) for n, p in model.state_dict().items()
+    ]
+
+    def run(executor_name: str, kill: bool) -> tuple[list[Any], RolloutRunner, Any]:
+        cfg = dataclasses.replace(config, executor=executor_name)
+        executor = make_executor(cfg)
+        engine = executor.build_engine(cfg)
+        engine.update_weights(iter(new), bucket_bytes=256 * 1024)  # several buckets
+        runner = RolloutRunner(engine, [], cfg)
+
+        def after_group(i: int, group: Any) -> None:
+            if kill and i == 0 and not killed:
+                killed.append(engine.balance.in_flight[0])
+                ray.kill(engine.replicas[0], no_restart=False)
+
+        killed: list[int] = []
+        try:
+            groups = asyncio.run(runner.arun(problems, n=2, training=True, on_group=after_group))
+        finally:
+            engine.close()
+            executor.close()
+        return groups, runner, (engine, killed)
+
+    with torch_threads(1):
+        want, _, _ = run("local", kill=False)
+    got, runner, (engine, killed) = run("ray", kill=True)
+    assert killed and killed[0] >= 1  # requests were in flight when it died
+    assert runner.retried_trajectories >= 1 and engine.lost_calls >= 1
+    assert engine.resyncs == 1  # the restarted replica was given the current weights once
+    assert essentials(got) == essentials(want)  # same samples as an engine that never died
+
+
+class KillTrainerAfter:
+    """Kills the trainer backend's actor once step ``step`` is reported (after its checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, report: Any) -> None:
+        if report.step == self.step:
+            [name] = [n for n in ray.util.list_named_actors() if "/trainer-" in n]
+            ray.kill(ray.get_actor(name))
+
+
+def test_a_dead_trainer_stops_the_run_with_a_clear_error_and_the_checkpoint_intact(tmp_path: Path) -> None:
+    ray_run = ["executor=ray", *(f"{k}={v}" for k, v in RAY_CPUS.items())]
+    with pytest.raises(TrainerLost) as info:
+        train(tmp_path, "dies", *ray_run, plugins=(("kill-trainer", KillTrainerAfter(1)),))
+    assert "trainer backend's Ray actor died" in str(info.value) and "RESUME=True" in str(info.value)
+    latest = ckpt.find_latest(tmp_path / "checkpoints" / "dies")
+    assert latest is not None and latest.name == "epoch_1"
+    # intact: the run resumes from it and finishes
+    result = train(tmp_path, "dies", *ray_run, "resume=true")
+    assert result["steps"] == 3 if "steps" in result else True
+    assert [r["step"] for r in read_metrics(tmp_path / "runs" / "dies" / "metrics.jsonl")] == [1, 2, 3]
