@@ -9,7 +9,7 @@ format the evaluation writes, each sample three turns of generated text (words d
 5,000-word vocabulary, about as compressible as model text: see the printed gzip ratio), a code
 block, its sandbox output and a boxed answer. Then: the seconds ``simpletir view`` takes, the
 HTML file's size, and in headless Chromium (playwright) the seconds until the page is ready, a
-problem with its 32 samples is open, and the 'unsolved' filter has re-rendered, plus the
+problem with its 32 samples is open, and the 'solved' filter has re-rendered, plus the
 page's JS heap.
 """
 
@@ -112,7 +112,7 @@ def browser_timings(html: Path) -> dict[str, float]:
         out["open_problem_s"] = time.perf_counter() - t0
         out["samples_in_problem"] = page.locator(".sample").count()
         t0 = time.perf_counter()
-        page.click("button[data-filter='unsolved']")
+        page.click("button[data-filter='solved']")
         page.wait_for_selector("#problem-table tr.row")
         out["filter_s"] = time.perf_counter() - t0
         heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : null")
