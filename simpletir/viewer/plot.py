@@ -106,7 +106,10 @@ def load_run(run_dir: str | Path) -> RunCurves:
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
     """Draw every run's curves into one PNG at ``out``; returns its path."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SimpletirError("simpletir plot needs matplotlib: pip install matplotlib") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
