@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -340,7 +340,7 @@ def read_record(path: Path, tokenizer: Any, max_samples: int) -> ProblemSet:
 # -- a run ------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     import yaml
 
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -385,7 +385,7 @@ def read_run(run_dir: str | Path, *, max_samples: int = 0, max_steps: int = 0) -
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SimpletirError(f"{run_dir}: no such run folder")
-    config = _read_yaml(run_dir / "config.yaml")
+    config = read_config(run_dir / "config.yaml")
     name = run_dir.name
     logs = logs_dir_of(run_dir, config)
     kind = "evaluation" if config.get("val_only") else "training"
@@ -424,9 +424,3 @@ def read_run(run_dir: str | Path, *, max_samples: int = 0, max_steps: int = 0) -
             "run's validations likewise, and its steps with trainer.record_rollouts=true"
         )
     return run
-
-
-def iter_details(runs: Iterable[RunData]) -> Iterator[dict[str, Any]]:
-    for run in runs:
-        for problem_set in run.sets:
-            yield from problem_set.details

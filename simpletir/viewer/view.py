@@ -130,9 +130,9 @@ def _escape(text: str) -> str:
 def default_output(runs: Sequence[RunData]) -> Path:
     """``<logs>/<run>_view.html`` beside the run's other files (``..._vs_<run2>`` for two)."""
     first = Path(runs[0].path)
-    from simpletir.viewer.collect import _read_yaml, logs_dir_of
+    from simpletir.viewer.collect import logs_dir_of, read_config
 
-    logs = logs_dir_of(first, _read_yaml(first / "config.yaml"))
+    logs = logs_dir_of(first, read_config(first / "config.yaml"))
     name = "_vs_".join(r.name for r in runs)
     return (logs if logs.is_dir() else first) / f"{name}_view.html"
 

@@ -264,7 +264,8 @@ def replay(
     torch.set_num_threads(threads)  # float sums depend on it: the recording run's count
 
     draws = RecordedDraws(records)
-    problems = [p for r in records for d in r.draws for p in d.problems] or [Problem("none", "none", (), "")]
+    # the sampler's own problem list is never drawn from (take() returns the records'), only non-empty
+    problems = [p for r in records for d in r.draws for p in d.problems] or [Problem("-", "-", (), "")]
     recorder = RolloutRecorder(Path(out_dir))
     backend = build_backend(config, resolve_model(config.model_name))
     try:
