@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,8 +77,9 @@ def connect(config: ExperimentConfig) -> bool:
     runtime_env = {"env_vars": forwarded_env()}
     if r.address is not None:
         try:
+            check_reachable(r.address)
             ray.init(address=r.address, runtime_env=runtime_env, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
             raise ConfigError(
                 f"ray.address={r.address!r}: cannot attach to a Ray cluster ({type(exc).__name__}: {exc}); "
                 "start one with `ray start --head` or leave ray.address unset for a private Ray"
@@ -96,6 +98,23 @@ def connect(config: ExperimentConfig) -> bool:
         log_to_driver=True,
     )
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise ConnectionError when a ``host:port`` head does not answer (Ray itself retries for minutes).
+
+    ``auto`` is checked through ``$RAY_ADDRESS`` when set (else Ray looks for a head started on this
+    node and fails at once when there is none); ``ray://`` client addresses are left to Ray.
+    """
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"no Ray head answers at {address} ({exc})") from None
 
 
 def gpus_present() -> bool:
