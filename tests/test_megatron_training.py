@@ -113,13 +113,15 @@ def test_tp2_trains_checkpoints_and_resumes_at_tp1(tmp_path: Path) -> None:
     assert (ckpt / "model" / "model.safetensors.index.json").is_file()
     assert (ckpt / "optimizer" / "optimizer_state.json").is_file()
 
-    # same numbers as the hf backend on the first step (identical rollouts: same weights, seeds)
+    # Same numbers as the hf backend on the first step (identical rollouts: same weights and
+    # seeds). Not the grad norm: with no reward, the gradient is the entropy bonus's alone, ~0 at
+    # a random model's near-uniform softmax, and what is left of it is float32 rounding (the
+    # gradient tests in test_megatron.py use real advantages).
     hf = tmp_path / "hf"
     run_ok(hf, "total_training_steps=1")
     want = train_metrics(hf)[1]
-    for key in ("actor/loss", "actor/grad_norm", "actor/entropy", "critic/score/mean"):
-        if key in want:
-            assert steps[1][key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    for key in ("actor/loss", "actor/entropy", "response_length/mean", "actor/pg_loss"):
+        assert steps[1][key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
 
     # resumed at another TP size: step 3 runs from epoch_2's weights and moments
     err = run_ok(
