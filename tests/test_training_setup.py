@@ -9,7 +9,7 @@ import pytest
 
 from simpletir.core.batching import PromptSampler
 from simpletir.core.config_load import load_config
-from simpletir.core.errors import ConfigError, StageUnavailableError
+from simpletir.core.errors import ConfigError
 from simpletir.core.loggers import read_metrics
 from simpletir.core.plugins import make_plugin_manager
 from simpletir.core.run import run_experiment
@@ -75,11 +75,14 @@ def test_sampler_passes_reach_whole_numbers_at_epoch_ends() -> None:
     assert sampler.passes == 1.75
 
 
-def test_megatron_backend_is_refused_before_any_model_loads(tmp_path: Path) -> None:
+def test_a_model_megatron_cannot_shard_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """tiny-qwen2 has one KV head: TP=2 cannot split it; said from its config alone."""
     config = tiny_config(
-        tmp_path, "trainer.backend=megatron", "model_name=/no/such/model", "train_batch_size=2"
+        tmp_path, "trainer.backend=megatron", "trainer.tensor_parallel_size=2", "train_batch_size=2"
     )
-    with pytest.raises(StageUnavailableError, match=r"trainer\.backend=megatron"):
+    with pytest.raises(
+        ConfigError, match=r"tensor_parallel_size=2 does not divide .*num_key_value_heads \(1\)"
+    ):
         run_experiment(config, make_plugin_manager())
 
 

@@ -92,6 +92,21 @@ def check_backend_available(config: ExperimentConfig) -> None:
         raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")
 
 
+def check_backend_fits(config: ExperimentConfig, model_dir: Path) -> None:
+    """Refuse a model the backend cannot shard (megatron: heads vs ``tensor_parallel_size``)
+    from its config alone, before the engine and the sandbox start."""
+    if config.trainer.backend != "megatron":
+        return
+    from transformers import AutoConfig
+
+    from simpletir.core.backend.megatron.model import check_divisible, model_shape
+
+    check_divisible(
+        model_shape(AutoConfig.from_pretrained(model_dir), str(model_dir)),
+        config.trainer.tensor_parallel_size,
+    )
+
+
 def build_backend(config: ExperimentConfig, model_dir: Path) -> TrainerBackend:
     """The backend ``config.trainer.backend`` names (imported only when chosen)."""
     check_backend_available(config)

@@ -51,7 +51,7 @@ def check_training_data(config: ExperimentConfig, train: list[Problem]) -> None:
 
 def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[str, Any]:
     """Train ``config.model_name``; returns the last step's metrics and where files went."""
-    from simpletir.core.backend import check_backend_available
+    from simpletir.core.backend import check_backend_available, check_backend_fits
     from simpletir.core.batching import PromptSampler
     from simpletir.core.evaluate import close_unused_tools, closing, load_benchmarks, with_tools_closed
     from simpletir.core.executor import open_executor
@@ -79,6 +79,7 @@ def run_training(config: ExperimentConfig, pm: SimpletirPluginManager) -> dict[s
     elif config.resume:
         log.info("resume: no checkpoint under %s; starting from step 0", root)
     model_dir = resolve_model(config.model_name)
+    check_backend_fits(config, model_dir)
 
     with contextlib.ExitStack() as stack:
         # executor: local (in-process) or ray (actors); everything below is the same code for both

@@ -33,16 +33,12 @@ MODEL_FOLDER = "model"
 
 class MegatronBackend(TrainerBackend):
     def __init__(self, model_dir: Path, config: ExperimentConfig) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        from simpletir.core.backend.base import check_backend_fits
         from simpletir.core.backend.megatron.launch import RankGroup
-        from simpletir.core.backend.megatron.model import check_divisible, model_shape
 
-        # what the ranks would refuse, said before any of them starts
-        check_divisible(
-            model_shape(AutoConfig.from_pretrained(model_dir), str(model_dir)),
-            config.trainer.tensor_parallel_size,
-        )
+        check_backend_fits(config, model_dir)  # what the ranks would refuse, before any starts
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         pad = self.tokenizer.pad_token_id
