@@ -57,7 +57,7 @@ class EngineWorker:
         import ray
 
         for ref in buckets:
-            named = await ref if isinstance(ref, ray.ObjectRef) else ref
+            named = unpack(await ref if isinstance(ref, ray.ObjectRef) else ref)
             await asyncio.to_thread(self.engine.update_weights, named, bucket_bytes=bucket_bytes)
         return self.incarnation
 
@@ -80,6 +80,39 @@ def buckets_of(
         size += nbytes
     if bucket:
         yield bucket
+
+
+# A bucket crosses the object store as raw bytes: Ray stores numpy arrays without pickling them and
+# a reader maps them without a copy, where a torch tensor would be pickled byte by byte (measured
+# here: SmolLM2-135M's 621 MiB took 6.5 s as tensors). bf16 has no numpy dtype, hence bytes + dtype.
+Packed = tuple[str, Any, str, tuple[int, ...]]
+
+
+def pack(bucket: list[tuple[str, torch.Tensor]]) -> list[Packed]:
+    import torch
+
+    return [
+        (
+            name,
+            t.contiguous().reshape(-1).view(torch.uint8).numpy(),
+            str(t.dtype).removeprefix("torch."),
+            tuple(t.shape),
+        )
+        for name, t in bucket
+    ]
+
+
+def unpack(packed: list[Packed]) -> list[tuple[str, torch.Tensor]]:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # the store's buffers are read-only; the engine only copies from them
+        warnings.simplefilter("ignore", UserWarning)
+        return [
+            (name, torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape))
+            for name, raw, dtype, shape in packed
+        ]
 
 
 class RayEngine(PolicyEngine):
@@ -142,7 +175,7 @@ class RayEngine(PolicyEngine):
     ) -> None:
         import ray
 
-        refs = [ray.put(bucket) for bucket in buckets_of(named_tensors, bucket_bytes)]
+        refs = [ray.put(pack(bucket)) for bucket in buckets_of(named_tensors, bucket_bytes)]
         calls = [r.load_weights.remote(refs, bucket_bytes) for r in self.replicas]
         try:
             self._incarnations = list(ray.get(calls))
