@@ -35,6 +35,11 @@ empty ``prompt_too_long`` trajectory.
 Concurrency: each trajectory is its own coroutine, so while one awaits its tool the others keep
 generating; there is no batch-wide barrier between turns.
 
+Lost components: an engine or tool whose worker died mid-call (a Ray actor, restarted by Ray)
+raises :class:`~simpletir.core.errors.ComponentLost`; the trajectory is then restarted from its
+first turn with the same seeds, at most ``rollout.max_trajectory_retries`` times, and counted in
+``RolloutRunner.retried_trajectories``. Any other exception of a tool is a failed tool result.
+
 Tools (v1, see :class:`~simpletir.core.specs.Tool`): each trajectory opens a session of every
 tool that has ``open_session`` before its first turn and closes it when it ends, however it
 ends; ``parse_call`` and ``run`` receive a :class:`~simpletir.core.types.ToolContext` (problem,
