@@ -280,3 +280,30 @@ def test_a_tp_size_that_does_not_split_the_heads_is_a_config_error(tmp_path) -> 
 
     with pytest.raises(ConfigError, match=r"tensor_parallel_size=2 .*num_key_value_heads \(1\)"):
         build_backend(config_for("megatron", 2), resolve_model("tiny-qwen2"))
+
+
+def test_bfloat16_parameters_train_through_float32_masters(models, closing) -> None:  # type: ignore[no-untyped-def]
+    """``trainer.param_dtype=bfloat16``: bf16 weights in the forward pass, AdamW on float32 masters
+    that keep the TP attributes (else the TP=2 grad norm would count shards on rank 0 only)."""
+    from simpletir.core.config_load import load_config as load
+
+    norms = {}
+    for tp in (1, 2):
+        config = config_for("megatron", tp, entropy_coeff=0.0)
+        config = dataclasses.replace(
+            config, trainer=dataclasses.replace(config.trainer, param_dtype="bfloat16")
+        )
+        mg = build_backend(config, models["qwen2"])
+        closing.append(mg)
+        local = mg.ranks.local
+        assert next(local.model.parameters()).dtype == torch.bfloat16
+        assert all(m.dtype == torch.float32 for m in local.masters)
+        before = {n: t.clone() for n, t in mg.named_hf_tensors()}
+        _, _, metrics, _ = one_step(mg, random_batch(), config)
+        norms[tp] = metrics["actor/grad_norm"]
+        after = dict(mg.named_hf_tensors())
+        assert all(t.dtype == torch.float32 for t in after.values())  # sync and checkpoints: masters
+        assert all(not torch.equal(after[n], before[n]) for n in before)
+        mg.close()
+    assert norms[2] == pytest.approx(norms[1], rel=2e-2)
+    assert load(None, ["trainer.param_dtype=bfloat16"]).trainer.param_dtype == "bfloat16"

@@ -112,7 +112,10 @@ class AlgorithmConfig:
 @dataclass
 class TrainerConfig:
     backend: Literal["hf", "megatron"] = option("hf", "training backend")
-    tensor_parallel_size: int = option(1, "Megatron tensor parallel size")
+    tensor_parallel_size: int = option(1, "Megatron tensor parallel size (ranks started by this run)")
+    param_dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "megatron parameters; bfloat16 keeps float32 master copies for AdamW"
+    )
     device: str = option("auto", "auto, cpu or cuda")
     micro_batch_size: int = option(4, "sequences per forward/backward")
     micro_batch_tokens: int = option(

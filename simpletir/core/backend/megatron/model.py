@@ -5,8 +5,9 @@ RMSNorm, SwiGLU MLP) with the core attention replaced through the spec's own ext
 :class:`SDPACoreAttention` (``torch.nn.functional.scaled_dot_product_attention``). Megatron's stock
 ``DotProductAttention`` allocates its score buffer and causal mask on CUDA and forks the CUDA RNG
 tracker for attention dropout; SDPA needs none of that, is what transformers itself runs, and is
-fused on GPUs. When Transformer Engine is installed and the model is on CUDA, its spec is used
-instead (fused kernels; not available here).
+fused on GPUs (flash / memory-efficient kernels). Transformer Engine's spec (fused norm+linear,
+sequence parallelism, packed sequences) is not used: it renames the norms into the linears and
+could not be tested here (no GPU); the converter would need those names first.
 
 What differs on CPU, and why (everything is per instance, nothing of torch or megatron is patched):
 
@@ -177,25 +178,12 @@ def _keep_rope_on_cpu(model: Any) -> None:
     rope.get_emb = types.MethodType(get_emb, rope)
 
 
-def _layer_spec(use_te: bool) -> Any:
-    from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_local_spec,
-        get_gpt_layer_with_transformer_engine_spec,
-    )
+def _layer_spec() -> Any:
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    if use_te:
-        return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
-
-
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def build_gpt_model(shape: ModelShape, *, tp: int, on_cuda: bool, bf16: bool = False) -> Any:
@@ -205,7 +193,6 @@ def build_gpt_model(shape: ModelShape, *, tp: int, on_cuda: bool, bf16: bool = F
     from megatron.core.transformer import TransformerConfig
 
     dtype = torch.bfloat16 if bf16 else torch.float32
-    use_te = on_cuda and transformer_engine_available()
     config = TransformerConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -236,7 +223,7 @@ def build_gpt_model(shape: ModelShape, *, tp: int, on_cuda: bool, bf16: bool = F
     )
     model = GPTModel(
         config=config,
-        transformer_layer_spec=_layer_spec(use_te),
+        transformer_layer_spec=_layer_spec(),
         vocab_size=padded_vocab(shape, tp),
         max_sequence_length=shape.max_positions,
         parallel_output=True,  # logits stay vocab-sharded: log-probs never gather them

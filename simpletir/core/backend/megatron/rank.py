@@ -12,7 +12,7 @@ import functools
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,11 @@ class MegatronRank:
         check_divisible(self.shape, tp)
         self.vocab_start = self.tp_rank * (padded_vocab(self.shape, tp) // tp)
         self.temperature = config.rollout.temperature or 1.0
+        self.bf16 = config.trainer.param_dtype == "bfloat16"
+        if device.type == "cuda":  # megatron's model-parallel RNG (CPU has no tracker to seed)
+            from megatron.core import tensor_parallel
+
+            tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
         weights = HFWeights(self.model_dir)
         self.model = self._build(weights)
         self.model.train()  # dropout is 0 in the config; train() keeps activation recompute usable
@@ -139,24 +144,38 @@ class MegatronRank:
         )
         a = config.algorithm
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # bfloat16 parameters: AdamW updates float32 master copies, which carry the TP attributes
+        # (the grad norm reads them) and are what checkpoints and weight sync take
+        self.masters = [self._master_of(p) for p in self.params] if self.bf16 else self.params
+        self.names = [name for name, _ in self.model.named_parameters()]
+        if self.bf16:  # from the checkpoint's float32 values, not from their bfloat16 rounding
+            self._load_hf(zip(self.names, self.masters, strict=True), weights.read)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=a.lr, betas=(float(a.betas[0]), float(a.betas[1])), weight_decay=a.weight_decay
+            self.masters, lr=a.lr, betas=(float(a.betas[0]), float(a.betas[1])), weight_decay=a.weight_decay
         )
         self.steps_taken = 0
 
     def _build(self, weights: HFWeights) -> Any:
         torch.manual_seed(self.config.seed)  # same on every rank: CPU init splits one master weight
-        model = build_gpt_model(self.shape, tp=self.tp, on_cuda=self.device.type == "cuda")
+        model = build_gpt_model(self.shape, tp=self.tp, on_cuda=self.device.type == "cuda", bf16=self.bf16)
         convert.mark_tensor_parallel(model)
-        self._load_hf(model, weights.read)
+        self._load_hf(model.named_parameters(), weights.read)
         return model
 
-    def _load_hf(self, model: Any, read: Callable[..., Tensor]) -> None:
+    @staticmethod
+    def _master_of(param: torch.nn.Parameter) -> torch.nn.Parameter:
+        from megatron.core.tensor_parallel import copy_tensor_model_parallel_attributes
+
+        master = torch.nn.Parameter(param.detach().float().clone())
+        copy_tensor_model_parallel_attributes(master, param)
+        return master
+
+    def _load_hf(self, named: Iterable[tuple[str, Tensor]], read: Callable[..., Tensor]) -> None:
         def read_tied(name: str) -> Tensor:
             tied = "model.embed_tokens.weight" if name == "lm_head.weight" else None
             return read(name, tied_to=tied) if tied else read(name)
 
-        convert.load_from_hf(self.shape, model.named_parameters(), read_tied, self.tp_rank, self.tp)
+        convert.load_from_hf(self.shape, named, read_tied, self.tp_rank, self.tp)
 
     # -- forward --------------------------------------------------------------------------
     def _forward(self, model: Any, micro: TrainBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
@@ -211,25 +230,35 @@ class MegatronRank:
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, with_entropy: bool) -> dict[str, float]:
         t = self.config.trainer
         self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
         for micro in micro_batches(batch, t.micro_batch_size, t.micro_batch_tokens):
             logprobs, entropy = self._forward(self.model, micro, with_entropy)
             loss_fn(micro, logprobs, entropy).backward()
-        grad_norm = global_grad_norm(self.params, self.group, self.device)
+        if self.bf16:
+            for master, p in zip(self.masters, self.params, strict=True):
+                master.grad = None if p.grad is None else p.grad.float()
+        grad_norm = global_grad_norm(self.masters, self.group, self.device)
         lr = self.current_lr()
         skipped = not math.isfinite(grad_norm)
         if skipped:  # one bad batch must not write NaN into every weight
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            clip_gradients(self.params, self.config.grad_clip, grad_norm)
+            clip_gradients(self.masters, self.config.grad_clip, grad_norm)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             self.steps_taken += 1
+            if self.bf16:
+                with torch.no_grad():
+                    for master, p in zip(self.masters, self.params, strict=True):
+                        p.copy_(master)
         return {"actor/grad_norm": grad_norm, "actor/lr": lr, "actor/skipped_step": float(skipped)}
 
     # -- weights in HF names --------------------------------------------------------------
     def _local(self, kind: str) -> Iterator[tuple[str, Tensor]]:
-        for name, p in self.model.named_parameters():
+        """This rank's shards (float32 masters when the parameters are bfloat16)."""
+        for name, p in zip(self.names, self.masters, strict=True):
             if kind == "param":
                 yield name, p.detach()
             elif kind == "grad":
@@ -269,7 +298,9 @@ class MegatronRank:
 
     def load(self, folder: Path) -> None:
         model = HFWeights(folder / MODEL_FOLDER)
-        self._load_hf(self.model, model.read)
+        self._load_hf(self.model.named_parameters(), model.read)
+        if self.bf16:  # the checkpoint holds the float32 masters: load them exactly
+            self._load_hf(zip(self.names, self.masters, strict=True), model.read)
         state_file = folder / OPTIMIZER_FOLDER / OPTIMIZER_STATE
         if not state_file.is_file():
             raise ModelNotFoundError(
@@ -282,7 +313,7 @@ class MegatronRank:
             return
         shards: dict[str, dict[str, Tensor]] = {}
         for kind in ("exp_avg", "exp_avg_sq"):
-            holder = {name: torch.empty_like(p) for name, p in self.model.named_parameters()}
+            holder = {name: torch.empty_like(p) for name, p in zip(self.names, self.masters, strict=True)}
             convert.load_from_hf(
                 self.shape,
                 holder.items(),
@@ -291,7 +322,7 @@ class MegatronRank:
                 self.tp,
             )
             shards[kind] = holder
-        for name, p in self.model.named_parameters():
+        for name, p in zip(self.names, self.masters, strict=True):
             self.optimizer.state[p] = {
                 "step": torch.tensor(float(self.steps_taken)),
                 "exp_avg": shards["exp_avg"][name],
