@@ -32,7 +32,7 @@ from torch import Tensor
 
 from simpletir.core.errors import ConfigError
 
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 
 
 @dataclass(frozen=True)
