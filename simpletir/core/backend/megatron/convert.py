@@ -164,7 +164,7 @@ def gather(name: str, local: Tensor, group: object | None, tp: int) -> Tensor:
     if tp == 1 or partition_dim(name) is None:
         return local
     pieces = [torch.empty_like(local) for _ in range(tp)]
-    torch.distributed.all_gather(pieces, local.contiguous(), group=group)  # type: ignore[arg-type]
+    torch.distributed.all_gather(pieces, local.contiguous(), group=group)
     return unshard(name, pieces)
 
 

@@ -229,7 +229,7 @@ def build_gpt_model(shape: ModelShape, *, tp: int, on_cuda: bool, bf16: bool = F
         parallel_output=True,  # logits stay vocab-sharded: log-probs never gather them
         share_embeddings_and_output_weights=shape.tied_embeddings,
         position_embedding_type="rope",
-        rotary_base=shape.rope_theta,  # type: ignore[arg-type]  # a float theta works (a power)
+        rotary_base=shape.rope_theta,  # a float theta works (a power)
     )
     if not on_cuda:
         _keep_rope_on_cpu(model)

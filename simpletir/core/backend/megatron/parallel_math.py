@@ -41,7 +41,7 @@ def logprobs_and_entropy(
     with torch.no_grad():  # any shift gives the same log-softmax; the max keeps exp() in range
         shift = logits.max(dim=-1).values
         if group is not None:
-            torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX, group=group)  # type: ignore[arg-type]
+            torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX, group=group)
     shifted = logits - shift.unsqueeze(-1)
     exp = shifted.exp()
     log_z = _reduce(reduce_sum, exp.sum(-1), group).log()
@@ -83,7 +83,7 @@ def global_grad_norm(
             continue
         total += p.grad.detach().double().pow(2).sum()
     if group is not None:
-        torch.distributed.all_reduce(total, group=group)  # type: ignore[arg-type]
+        torch.distributed.all_reduce(total, group=group)
     return float(total.sqrt())
 
 

@@ -103,6 +103,10 @@ def write_safetensors(folder: Path, tensors: Iterator[tuple[str, Tensor]], prefi
     index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
 
 
+def _read_prefixed(weights: HFWeights, prefix: str, name: str) -> Tensor:
+    return weights.read(prefix + name)
+
+
 def _pick_positions(positions: Tensor, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Forward pre-hook of the output layer: keep only the hidden states that predict response
     tokens, so the LM head runs on ``[T, B]`` positions instead of ``[L, B]``."""
@@ -314,13 +318,8 @@ class MegatronRank:
         shards: dict[str, dict[str, Tensor]] = {}
         for kind in ("exp_avg", "exp_avg_sq"):
             holder = {name: torch.empty_like(p) for name, p in zip(self.names, self.masters, strict=True)}
-            convert.load_from_hf(
-                self.shape,
-                holder.items(),
-                lambda n, kind=kind: moments.read(f"{kind}.{n}"),
-                self.tp_rank,
-                self.tp,
-            )
+            read = functools.partial(_read_prefixed, moments, f"{kind}.")
+            convert.load_from_hf(self.shape, holder.items(), read, self.tp_rank, self.tp)
             shards[kind] = holder
         for name, p in zip(self.names, self.masters, strict=True):
             self.optimizer.state[p] = {
