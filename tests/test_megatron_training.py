@@ -112,6 +112,13 @@ def test_tp2_trains_checkpoints_and_resumes_at_tp1(tmp_path: Path) -> None:
     ckpt = cwd / "checkpoints" / NAME / "epoch_2"
     assert (ckpt / "model" / "model.safetensors.index.json").is_file()
     assert (ckpt / "optimizer" / "optimizer_state.json").is_file()
+    # simpletir export reads it like an hf checkpoint; transformers loads the result
+    from transformers import AutoModelForCausalLM
+
+    from simpletir.core.trainer.export import export_checkpoint
+
+    exported = AutoModelForCausalLM.from_pretrained(export_checkpoint(ckpt, tmp_path / "exported"))
+    assert exported.config.num_key_value_heads == 2
 
     # Same numbers as the hf backend on the first step (identical rollouts: same weights and
     # seeds). Not the grad norm: with no reward, the gradient is the entropy bonus's alone, ~0 at
