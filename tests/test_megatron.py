@@ -128,6 +128,16 @@ def one_step(backend, batch: TrainBatch, config: ExperimentConfig):  # type: ign
     return logprobs, entropy, metrics, sum(p["loss"] for p in parts)
 
 
+def hf_logits(backend, batch: TrainBatch) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """transformers' logits at the positions that predict the response tokens."""
+    from simpletir.core.trainer.tensors import response_positions
+
+    with torch.no_grad():
+        out = backend.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    index = response_positions(batch).unsqueeze(-1).expand(-1, -1, out.shape[-1])
+    return out.gather(1, index)
+
+
 @pytest.fixture
 def closing() -> Iterator[list]:  # type: ignore[type-arg]
     backends: list = []  # type: ignore[type-arg]
@@ -138,11 +148,12 @@ def closing() -> Iterator[list]:  # type: ignore[type-arg]
 
 @pytest.mark.parametrize(("kind", "tp"), [("qwen2", 2), ("qwen2-tied", 2), ("llama", 2), ("qwen2", 1)])
 def test_megatron_matches_transformers(models, kind, tp, tmp_path, closing) -> None:  # type: ignore[no-untyped-def]
-    """Log-probs, entropy, loss, grad norm and gradients (HF layout) equal transformers' to 1e-5;
+    """Logits, log-probs, entropy, loss, grad norm and gradients (HF layout) equal transformers' to 1e-5;
     the weights after the step export to a folder transformers loads, equal to the trainer's."""
     batch = random_batch()
     hf = build_backend(config_for("hf"), models[kind])
     closing.append(hf)
+    want_logits = hf_logits(hf, batch)
     initial = {n: p.detach().clone() for n, p in hf.model.named_parameters()}
     want_lp, want_ent, want_metrics, want_loss = one_step(hf, batch, config_for("hf"))
     want_grads = {n: p.grad.clone() for n, p in hf.model.named_parameters()}
@@ -151,8 +162,11 @@ def test_megatron_matches_transformers(models, kind, tp, tmp_path, closing) -> N
 
     mg = build_backend(config_for("megatron", tp), models[kind])
     closing.append(mg)
-    lp, ent, metrics, loss = one_step(mg, batch, config_for("megatron", tp))
+    logits = mg.full_logits(batch)
     valid = batch.loss_mask.bool()
+    assert logits.shape == want_logits.shape
+    assert (logits - want_logits)[valid].abs().max() <= TOL
+    lp, ent, metrics, loss = one_step(mg, batch, config_for("megatron", tp))
     assert (lp - want_lp)[valid].abs().max() <= TOL
     assert (ent - want_ent)[valid].abs().max() <= 20 * TOL  # entropy ~12 nats: 2e-4 is ~1e-5 relative
     assert loss == pytest.approx(want_loss, abs=TOL)

@@ -62,6 +62,11 @@ class MegatronBackend(TrainerBackend):
     def named_hf_tensors(self) -> Iterator[tuple[str, Tensor]]:
         yield from self.ranks.call_iter("hf_tensors", "param")
 
+    def full_logits(self, batch: TrainBatch) -> Tensor:
+        """Logits at response positions, gathered over the vocabulary shards (parity checks)."""
+        result: Tensor = self.ranks.call("full_logits", batch)
+        return result
+
     def hf_gradients(self) -> Iterator[tuple[str, Tensor]]:
         """The last step's gradients (after clipping) in HF names and shapes, gathered over TP."""
         yield from self.ranks.call_iter("hf_tensors", "grad")

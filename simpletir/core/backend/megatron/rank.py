@@ -182,7 +182,8 @@ class MegatronRank:
         convert.load_from_hf(self.shape, named, read_tied, self.tp_rank, self.tp)
 
     # -- forward --------------------------------------------------------------------------
-    def _forward(self, model: Any, micro: TrainBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    def _logits(self, model: Any, micro: TrainBatch) -> Tensor:
+        """This rank's vocabulary slice of the logits at response positions, ``[B, T, V/tp]``."""
         ids = micro.input_ids.to(self.device)
         # Right-padded rows: positions 0..L-1 are right for every row (megatron's RoPE ignores
         # position_ids anyway), and the causal mask keeps valid tokens from seeing the padding.
@@ -191,13 +192,30 @@ class MegatronRank:
             functools.partial(_pick_positions, response_positions(micro).to(self.device)), with_kwargs=True
         )
         try:
-            logits = model(ids, positions, None)  # [B, T, V/tp]
+            logits: Tensor = model(ids, positions, None)
         finally:
             hook.remove()
-        logits = mask_padded_vocab(logits.float() / self.temperature, self.vocab_start, self.shape.vocab_size)
+        return logits
+
+    def _forward(self, model: Any, micro: TrainBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        logits = self._logits(model, micro).float() / self.temperature
+        logits = mask_padded_vocab(logits, self.vocab_start, self.shape.vocab_size)
         return logprobs_and_entropy(
             logits, micro.responses.to(self.device), self.vocab_start, self.group, with_entropy
         )
+
+    def full_logits(self, batch: TrainBatch) -> Tensor:
+        """Logits at response positions over the whole (unpadded) vocabulary, gathered over TP.
+
+        For parity checks only: training never gathers logits.
+        """
+        with torch.no_grad():
+            local = self._logits(self.model, batch).float()
+            if self.group is not None:
+                pieces = [torch.empty_like(local) for _ in range(self.tp)]
+                torch.distributed.all_gather(pieces, local.contiguous(), group=self.group)
+                local = torch.cat(pieces, dim=-1)
+        return local[..., : self.shape.vocab_size].cpu()
 
     def _no_grad_pass(
         self, model: Any, batch: TrainBatch, with_entropy: bool
