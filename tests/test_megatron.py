@@ -321,3 +321,26 @@ def test_bfloat16_parameters_train_through_float32_masters(models, closing) -> N
         mg.close()
     assert norms[2] == pytest.approx(norms[1], rel=2e-2)
     assert load(None, ["trainer.param_dtype=bfloat16"]).trainer.param_dtype == "bfloat16"
+
+
+def test_the_reference_model_is_the_starting_policy_on_every_rank(models, closing) -> None:  # type: ignore[no-untyped-def]
+    """``algorithm.use_kl_loss``: a frozen reference shard per rank, equal to the policy at start
+    and left behind by the update."""
+    config = config_for("megatron", 2, use_kl_loss=True, kl_coef=0.1)
+    mg = build_backend(config, models["qwen2-tied"])
+    closing.append(mg)
+    batch = random_batch()
+    start, _ = mg.logprobs(batch)
+    reference = mg.reference_logprobs(batch)
+    assert torch.allclose(reference, start, atol=1e-6)
+    one_step(mg, batch.replace(ref_logprobs=reference), config)
+    moved, _ = mg.logprobs(batch)
+    valid = batch.loss_mask.bool()
+    assert (moved - start)[valid].abs().max() > 1e-4
+    assert torch.equal(mg.reference_logprobs(batch), reference)
+
+
+def test_gradient_checkpointing_is_refused_with_megatron(models) -> None:  # type: ignore[no-untyped-def]
+    config = load_config(None, ["trainer.backend=megatron", "trainer.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match=r"trainer\.gradient_checkpointing=true is not supported"):
+        build_backend(config, models["qwen2"])

@@ -97,6 +97,12 @@ def check_backend_fits(config: ExperimentConfig, model_dir: Path) -> None:
     from its config alone, before the engine and the sandbox start."""
     if config.trainer.backend != "megatron":
         return
+    if config.trainer.gradient_checkpointing:
+        raise ConfigError(
+            "trainer.gradient_checkpointing=true is not supported by trainer.backend=megatron "
+            "(megatron's recomputation forks the CUDA RNG tracker); use trainer.micro_batch_tokens "
+            "to bound activation memory, or trainer.backend=hf"
+        )
     from transformers import AutoConfig
 
     from simpletir.core.backend.megatron.model import check_divisible, model_shape
