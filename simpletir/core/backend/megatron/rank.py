@@ -142,7 +142,7 @@ class MegatronRank:
             tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
         weights = HFWeights(self.model_dir)
         self.model = self._build(weights)
-        self.model.train()  # dropout is 0 in the config; train() keeps activation recompute usable
+        self.model.train()  # dropout is 0 in the config: train() and eval() are the same function
         self.reference = (
             self._build(weights).eval().requires_grad_(False) if config.algorithm.use_kl_loss else None
         )
@@ -160,7 +160,6 @@ class MegatronRank:
         self.steps_taken = 0
 
     def _build(self, weights: HFWeights) -> Any:
-        torch.manual_seed(self.config.seed)  # same on every rank: CPU init splits one master weight
         model = build_gpt_model(self.shape, tp=self.tp, on_cuda=self.device.type == "cuda", bf16=self.bf16)
         convert.mark_tensor_parallel(model)
         self._load_hf(model.named_parameters(), weights.read)
