@@ -75,6 +75,12 @@ def test_sampler_passes_reach_whole_numbers_at_epoch_ends() -> None:
     assert sampler.passes == 1.75
 
 
+def test_tensor_parallel_size_without_megatron_is_refused(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "trainer.tensor_parallel_size=2", "train_batch_size=2")
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2 needs trainer\.backend=megatron"):
+        run_experiment(config, make_plugin_manager())
+
+
 def test_a_model_megatron_cannot_shard_is_refused_before_anything_starts(tmp_path: Path) -> None:
     """tiny-qwen2 has one KV head: TP=2 cannot split it; said from its config alone."""
     config = tiny_config(

@@ -90,6 +90,11 @@ def check_backend_available(config: ExperimentConfig) -> None:
         return
     if name != "hf":
         raise ConfigError(f"trainer.backend={name!r} is not one of 'hf', 'megatron'")
+    if config.trainer.tensor_parallel_size > 1:
+        raise ConfigError(
+            f"trainer.tensor_parallel_size={config.trainer.tensor_parallel_size} needs "
+            "trainer.backend=megatron (the hf backend holds the whole model in one process)"
+        )
 
 
 def check_backend_fits(config: ExperimentConfig, model_dir: Path) -> None:
