@@ -154,21 +154,3 @@ def test_weights_cross_the_object_store_as_bytes_and_come_back_exactly() -> None
     assert [n for n, _ in back] == [n for n, _ in bucket]
     for (_, want), (_, got) in zip(bucket, back, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
-
-
-def test_batched_calls_stream_back_as_each_finishes_and_fail_one_by_one() -> None:
-    from simpletir.core.executor.ray.batching import stream_outcomes
-
-    async def run(delay: float, value: str) -> str:
-        await asyncio.sleep(delay)
-        if value == "boom":
-            raise ValueError(value)
-        return value
-
-    async def collect() -> list[list[tuple[int, object, object]]]:
-        items = [(0.3, "slow"), (0.0, "fast"), (0.1, "boom")]
-        return [group async for group in stream_outcomes(items, run)]
-
-    groups = asyncio.run(collect())
-    assert [[(i, r) for i, r, _ in g] for g in groups] == [[(1, "fast")], [(2, None)], [(0, "slow")]]
-    assert isinstance(groups[1][0][2], ValueError)
