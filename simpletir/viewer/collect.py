@@ -402,7 +402,7 @@ def read_run(run_dir: str | Path, *, max_samples: int = 0, max_steps: int = 0) -
         run.sets.append(read_generations(evaluation, "evaluation", "evaluation", None, max_samples))
     prefix, suffix = f"{name}_val_epoch_", "_generations.jsonl"
     validations = [(p, _step_of(p, prefix, suffix)) for p in logs.glob(f"{prefix}*{suffix}")]
-    for path, step in sorted((p, s) for p, s in validations if s is not None):
+    for path, step in sorted(((p, s) for p, s in validations if s is not None), key=lambda ps: ps[1]):
         run.sets.append(read_generations(path, f"validation step {step}", "validation", step, max_samples))
     records = run_dir / "rollouts"
     if records.is_dir():
