@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
@@ -23,9 +24,11 @@ class LeastLoaded:
         self.calls = [0] * replicas
         self._turn = 0
 
-    def pick(self) -> int:
+    def pick(self, avoid: set[int] | frozenset[int] = frozenset()) -> int:
+        """The least-loaded replica, not one in ``avoid`` (lost, restarting) while another is up."""
         n = len(self.in_flight)
         order = [(self._turn + i) % n for i in range(n)]
+        order = [i for i in order if i not in avoid] or order
         best = min(order, key=lambda i: self.in_flight[i])
         self._turn = (best + 1) % n
         return best
@@ -53,6 +56,26 @@ async def remote(what: str, call: Awaitable[T]) -> T:
         return await call
     except actor_errors() as exc:
         raise ComponentLost(f"{what} was lost ({type(exc).__name__})") from exc
+
+
+RESTART_WAIT_S = 600.0  # an engine replica reloads its model when restarted: minutes on a large one
+
+
+async def wait_until_alive(actor: Any, what: str, timeout_s: float = RESTART_WAIT_S) -> None:
+    """Return once a lost actor answers again (Ray is restarting it), so the work redone on it is
+    not lost a second time to the restart itself; :class:`ComponentLost` if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            await actor.ping.remote()
+            return
+        except actor_errors() as exc:
+            if loop.time() > deadline:
+                raise ComponentLost(
+                    f"{what} did not come back within {timeout_s:g} s ({type(exc).__name__})"
+                ) from exc
+            await asyncio.sleep(0.25)
 
 
 def describe(exc: Any) -> str:

@@ -13,6 +13,7 @@ it was started with, and is given the current ones again before it serves a requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -20,7 +21,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from simpletir.core.errors import ComponentLost
-from simpletir.core.executor.ray.balance import LeastLoaded, actor_errors, remote, stop_actors
+from simpletir.core.executor.ray.balance import (
+    LeastLoaded,
+    actor_errors,
+    remote,
+    stop_actors,
+    wait_until_alive,
+)
 from simpletir.core.rollout.engine import Generation, PolicyEngine, SamplingParams
 
 if TYPE_CHECKING:
@@ -48,6 +55,9 @@ class EngineWorker:
             "max_model_len": self.engine.max_model_len,
             "pid": os.getpid(),
         }
+
+    def ping(self) -> bool:
+        return True
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         return await self.engine.generate(prompt_ids, params)
@@ -132,6 +142,7 @@ class RayEngine(PolicyEngine):
         self._bucket_bytes: int | None = None
         self._resync: list[asyncio.Lock | None] = [None] * len(self.replicas)
         self._stale = [False] * len(self.replicas)
+        self._recovering: set[asyncio.Task[None]] = set()
         self.lost_calls = 0
         self.resyncs = 0
         self._closed = False
@@ -139,7 +150,7 @@ class RayEngine(PolicyEngine):
     async def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
         if self._closed:
             raise RuntimeError("RayEngine.generate after close()")
-        i = self.balance.pick()
+        i = self.balance.pick(avoid={j for j, stale in enumerate(self._stale) if stale})
         with self.balance.use(i):
             await self._current(i)
             try:
@@ -148,17 +159,34 @@ class RayEngine(PolicyEngine):
                 )
             except ComponentLost:
                 self.lost_calls += 1
-                self._stale[i] = True  # restarted by Ray with its start-up weights
+                self._mark_lost(i)
                 raise
+
+    def _mark_lost(self, i: int) -> None:
+        """Requests avoid replica ``i`` until it is back with the current weights (in the background)."""
+        if self._stale[i]:
+            return
+        self._stale[i] = True  # restarted by Ray with its start-up weights
+
+        async def recover() -> None:
+            with contextlib.suppress(ComponentLost):  # dead for good: it stays avoided
+                await self._current(i)
+
+        task = asyncio.ensure_future(recover())
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
 
     async def _current(self, i: int) -> None:
         """Before serving: a replica restarted since the last update gets the current weights."""
-        if not self._stale[i] or self._weights is None:
-            self._stale[i] = False
+        if not self._stale[i]:
             return
         lock = self._resync[i] = self._resync[i] or asyncio.Lock()
         async with lock:
             if not self._stale[i]:
+                return
+            await wait_until_alive(self.replicas[i], f"rollout engine replica {i}")
+            if self._weights is None:  # never updated: its start-up weights are the current ones
+                self._stale[i] = False
                 return
             info = await remote(f"rollout engine replica {i}", self.replicas[i].info.remote())
             if info["incarnation"] != self._incarnations[i]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from simpletir.core.errors import ComponentLost
-from simpletir.core.executor.ray.balance import LeastLoaded, remote
+from simpletir.core.executor.ray.balance import LeastLoaded, remote, wait_until_alive
 from simpletir.core.types import ToolCall, ToolContext, ToolResult
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ class ToolPoolWorker:
         self.run_takes_ctx = _takes(self.tool.run, "ctx")
         self.run_takes_timeout = _takes(self.tool.run, "timeout_s")
         self.served = 0
+
+    def ping(self) -> bool:
+        return True
 
     async def start(self) -> None:
         start = getattr(self.tool, "start", None)
@@ -109,6 +112,8 @@ class RayTool:
         self.pools = list(pools)
         self.name = str(getattr(local, "name", type(local).__name__))
         self.balance = LeastLoaded(len(self.pools))
+        self._lost: set[int] = set()  # pools that died and are being restarted by Ray
+        self._recovering: set[asyncio.Task[None]] = set()
         self._sids = itertools.count()
         self.lost_calls = 0
         takes_timeout = _takes(local.run, "timeout_s")
@@ -140,7 +145,10 @@ class RayTool:
     async def open_session(self, ctx: ToolContext) -> PinnedSession | None:
         if not self._has_sessions:
             return None
-        pool = self.balance.pick()
+        pool = self.balance.pick(avoid=self._lost)
+        if pool in self._lost:
+            await wait_until_alive(self.pools[pool], f"tool {self.name!r} pool {pool}")
+            self._lost.discard(pool)
         sid = next(self._sids)
         with self.balance.use(pool):
             opened = await remote(
@@ -160,7 +168,10 @@ class RayTool:
     ) -> ToolResult:
         session = ctx.session if ctx is not None else None
         pinned = session if isinstance(session, PinnedSession) else None
-        pool = pinned.pool if pinned is not None else self.balance.pick()
+        pool = pinned.pool if pinned is not None else self.balance.pick(avoid=self._lost)
+        if pool in self._lost:  # restarting: wait for it rather than lose the redone call to the restart
+            await wait_until_alive(self.pools[pool], f"tool {self.name!r} pool {pool}")
+            self._lost.discard(pool)
         shipped = dataclasses.replace(ctx, session=None) if ctx is not None else None  # ids, not objects
         with self.balance.use(pool):
             try:
@@ -170,8 +181,26 @@ class RayTool:
                 )
             except ComponentLost:
                 self.lost_calls += 1
+                self._mark_lost(pool)
                 raise
         return result
+
+    def _mark_lost(self, pool: int) -> None:
+        """Calls avoid ``pool`` until it answers again (checked in the background)."""
+        if pool in self._lost:
+            return
+        self._lost.add(pool)
+
+        async def recover() -> None:
+            try:
+                await wait_until_alive(self.pools[pool], f"tool {self.name!r} pool {pool}")
+            except ComponentLost:
+                return  # dead for good: it stays avoided (used only when no other pool is up)
+            self._lost.discard(pool)
+
+        task = asyncio.ensure_future(recover())
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
 
     async def run_many(self, calls: Sequence[ToolCall]) -> AsyncIterator[tuple[int, ToolResult]]:
         async def one(i: int, call: ToolCall) -> tuple[int, ToolResult]:
