@@ -62,10 +62,15 @@ def rank_device(rank: int, setting: str) -> torch.device:
     return torch.device("cuda", rank) if on_cuda else torch.device("cpu")
 
 
+THREADS_ENV = "SIMPLETIR_TRAINER_THREADS"
+
+
 def threads_per_rank(world: int) -> int:
-    """CPU threads each rank uses: the cores split between the ranks (a 2-core machine at TP=2
-    runs one thread per rank; oversubscribing cores makes every collective wait)."""
-    return max(1, (os.cpu_count() or 1) // world)
+    """CPU threads each rank uses: the cores (or ``$SIMPLETIR_TRAINER_THREADS``, on a machine
+    shared with other jobs) split between the ranks. A 2-core machine at TP=2 runs one thread
+    per rank: oversubscribed cores make every collective wait for the slowest rank."""
+    budget = int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1)
+    return max(1, budget // world)
 
 
 def _free_port() -> int:

@@ -35,33 +35,34 @@ def logprobs_and_entropy(
 
     ``logits``: ``[..., V/tp]`` float32, already divided by the temperature and padding-masked;
     ``targets``: ``[...]`` global token ids. Exact: equals a full-vocabulary log-softmax.
+    Without a group (TP=1) it is torch's fused log-softmax, fewer passes over the logits.
     """
+    if group is None:  # the whole vocabulary is here: torch's fused log-softmax (as the hf backend)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return picked, (-(log_probs.exp() * log_probs).sum(-1) if with_entropy else None)
+
     from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region as reduce_sum
 
     with torch.no_grad():  # any shift gives the same log-softmax; the max keeps exp() in range
         shift = logits.max(dim=-1).values
-        if group is not None:
-            torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX, group=group)
+        torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX, group=group)
     shifted = logits - shift.unsqueeze(-1)
     exp = shifted.exp()
-    log_z = _reduce(reduce_sum, exp.sum(-1), group).log()
+    log_z = reduce_sum(exp.sum(-1), group=group).log()
 
     local_ids = targets - vocab_start
     here = (local_ids >= 0) & (local_ids < logits.shape[-1])
     picked = shifted.gather(-1, local_ids.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-    target_logit = _reduce(reduce_sum, torch.where(here, picked, torch.zeros_like(picked)), group)
+    target_logit = reduce_sum(torch.where(here, picked, torch.zeros_like(picked)), group=group)
     logprobs = target_logit - log_z
 
     entropy = None
     if with_entropy:
         probs = exp / log_z.exp().unsqueeze(-1)
-        expected_logit = _reduce(reduce_sum, (probs * shifted).sum(-1), group)
+        expected_logit = reduce_sum((probs * shifted).sum(-1), group=group)
         entropy = log_z - expected_logit
     return logprobs, entropy
-
-
-def _reduce(reduce_sum: object, x: Tensor, group: object | None) -> Tensor:
-    return x if group is None else reduce_sum(x, group=group)  # type: ignore[operator]
 
 
 def global_grad_norm(
