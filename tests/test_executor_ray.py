@@ -223,7 +223,9 @@ def test_a_sandbox_pool_killed_mid_rollout_is_restarted_and_its_trajectories_red
         assert t.finish_reason is FinishReason.ANSWER
         assert t.turns[0].tool_result is not None and t.turns[0].tool_result.stdout == "42\n"
         assert t.turns[0].tool_result.error is None
-    assert runner.retried_trajectories >= killed_with[0] and tool.lost_calls >= killed_with[0]
+    # every call the dead pool lost made its trajectory start again (a call that finished just as
+    # the kill landed is not lost, so this can be fewer than the calls counted in flight)
+    assert runner.retried_trajectories == tool.lost_calls >= 1, (runner.retried_trajectories, tool.lost_calls)
     assert again == "2\n"
 
 
