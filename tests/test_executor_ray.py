@@ -297,3 +297,31 @@ def test_a_dead_trainer_stops_the_run_with_a_clear_error_and_the_checkpoint_inta
     result = train(tmp_path, "dies", *ray_run, "resume=true")
     assert result["steps"] == 3 if "steps" in result else True
     assert [r["step"] for r in read_metrics(tmp_path / "runs" / "dies" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_megatron_tensor_parallel_ranks_behind_the_ray_trainer_actor_match_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer.backend=megatron at TP 2 (gloo on CPU): the actor builds the backend, which starts
+    its follower rank as a local process on the actor's node; one step is bit-identical to local."""
+    from test_megatron import build_random_model, config_for, one_step, random_batch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the local ranks' threads, as Ray gives its actor
+    model = build_random_model(tmp_path, "qwen2")
+    out = {}
+    for side in ("local", "ray"):
+        config = dataclasses.replace(config_for("megatron", tp=2), executor=side)
+        config.ray = dataclasses.replace(
+            config.ray, trainer_cpus=1.0, engine_cpus=0.25, reward_cpus=0.25, sandbox_cpus=0.25
+        )
+        executor = make_executor(config)
+        with torch_threads(1):
+            backend = executor.build_backend(config, model)
+            try:
+                out[side] = one_step(backend, random_batch(), config)
+            finally:
+                backend.close()
+                executor.close()
+    (lp_a, ent_a, metrics_a, loss_a), (lp_b, ent_b, metrics_b, loss_b) = out["local"], out["ray"]
+    assert torch.equal(lp_a, lp_b) and torch.equal(ent_a, ent_b)
+    assert metrics_a == metrics_b and metrics_a["actor/grad_norm"] > 0 and loss_a == loss_b
