@@ -303,7 +303,12 @@ class WandbLogger:
         self._run.log(metrics, step=report.step)
 
     def close(self) -> None:
+        import wandb
+
         self._run.finish()
+        # finish() can return before wandb's service has written the last records (seen after an
+        # online -> offline fallback); teardown waits for the service to stop, so the files are whole
+        wandb.teardown()
 
 
 # -- the run log ------------------------------------------------------------------------------
