@@ -16,8 +16,10 @@ unlike wall-clock rates, does not swing with other work on a shared machine:
   default pool: 2 full + 2 light nsjail workers), and p50 latency one call at a time;
 * rollout: generated tokens/s of ``--requests`` single-turn requests of ``--tokens`` tokens each,
   all submitted at once, on tiny-qwen2 (the engine's threads set equal on both sides);
-* weight sync: seconds of ``update_weights`` with SmolLM2-135M's weights (fp32, 540 MB) through
-  ``sync_weights``'s path (one replica; the bucket is ``--bucket-mb``).
+* weight sync: seconds of ``update_weights`` with SmolLM2-135M's weights (fp32, 621 MiB) into one
+  replica (the bucket is ``--bucket-mb``);
+* trainer sync: the step's whole path, ``sync_weights`` from the ``hf`` trainer backend (in
+  process, or in its actor) into the engine (in process, or a replica).
 
 Ray is a private local instance (``ray.init(num_cpus=..., object_store_memory=...)``) shut down
 at the end. Results are printed and written to ``--out`` (JSON).
@@ -54,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the hf engine, both sides")
     parser.add_argument("--sync-model", default="smollm2-135m", help="model whose weights are synced")
     parser.add_argument("--bucket-mb", type=int, default=512)
-    parser.add_argument("--parts", default="sandbox,rollout,sync", help="comma-separated parts to run")
+    parser.add_argument(
+        "--parts", default="sandbox,rollout,sync,trainsync", help="comma-separated parts to run"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/ray_overhead.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -267,6 +271,40 @@ def bench_sync(args: argparse.Namespace) -> dict[str, Any]:
     return {**summarise(rows), "bytes": size}
 
 
+def bench_trainer_sync(args: argparse.Namespace) -> dict[str, Any]:
+    """The step's whole sync path: trainer backend (in-process, or its actor) -> engine (replica)."""
+    from simpletir.core.executor import make_executor
+    from simpletir.core.rollout.models import resolve_model
+    from simpletir.core.trainer.weight_sync import sync_weights
+
+    rows = []
+    for repeat in range(args.repeats):
+        row: dict[str, float] = {}
+        for side in ("local", "ray"):
+            cfg = config(executor=side, engine="hf", model_name=args.sync_model, val_only=False)
+            cfg.trainer = __import__("dataclasses").replace(cfg.trainer, device="cpu")
+            cfg.ray = __import__("dataclasses").replace(cfg.ray, trainer_cpus=0.5)
+            executor = make_executor(cfg)
+            engine = executor.build_engine(cfg)
+            backend = executor.build_backend(cfg, resolve_model(args.sync_model))
+            try:
+                sync_weights(backend, engine, bucket_mb=args.bucket_mb)  # warm
+                start = time.perf_counter()
+                stats = sync_weights(backend, engine, bucket_mb=args.bucket_mb)
+                row[f"{side}_sync_s"] = time.perf_counter() - start
+            finally:
+                backend.close()
+                engine.close()
+                executor.close()
+        row["ratio"] = row["local_sync_s"] / row["ray_sync_s"]
+        print(
+            f"trainer->engine sync repeat {repeat + 1} ({stats.bytes / 2**20:.0f} MiB): {fmt(row)}",
+            flush=True,
+        )
+        rows.append(row)
+    return summarise(rows)
+
+
 # -- output ------------------------------------------------------------------------------------
 def fmt(row: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in row.items())
@@ -297,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
             results["rollout"] = bench_rollout(args)
         if "sync" in parts:
             results["sync"] = bench_sync(args)
+        if "trainsync" in parts:
+            results["trainsync"] = bench_trainer_sync(args)
     finally:
         ray.shutdown()
     load = os.getloadavg()
     results["load_average"] = load
     print(f"\nload average at the end: {load[0]:.1f}")
-    for part in ("sandbox", "rollout", "sync"):
+    for part in ("sandbox", "rollout", "sync", "trainsync"):
         if part in results:
             print(f"{part:8s} median: {fmt(results[part]['median'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,7 @@ class RayExecutor(Executor):
             actor,
             AutoTokenizer.from_pretrained(model_dir),
             checkpoints=Path(config.checkpoints_dir) / config.run_name,
+            bucket_bytes=config.trainer.weight_sync_bucket_mb * 2**20,
         )
 
     def close(self) -> None:

@@ -60,8 +60,14 @@ class BackendWorker:
         result = self.backend.train_step(batch, loss_fn, with_entropy=with_entropy)
         return result, list(parts) if isinstance(parts, list) else []
 
-    def named_hf_tensors(self) -> list[tuple[str, Tensor]]:
-        return [(name, tensor.detach().cpu()) for name, tensor in self.backend.named_hf_tensors()]
+    def weight_buckets(self, bucket_bytes: int) -> list[Any]:
+        """The parameters as object-store buckets of raw bytes (see ``engine.pack``): a reader on
+        this node maps them without a copy, and nothing is pickled tensor by tensor."""
+        import ray
+
+        from simpletir.core.executor.ray.engine import buckets_of, pack
+
+        return [ray.put(pack(b)) for b in buckets_of(self.backend.named_hf_tensors(), bucket_bytes)]
 
     def save(self, folder: Path) -> None:
         self.backend.save(folder)
@@ -77,8 +83,11 @@ class BackendWorker:
 
 
 class RayBackend(TrainerBackend):
-    def __init__(self, actor: Any, tokenizer: Any, checkpoints: Path | None = None) -> None:
+    def __init__(
+        self, actor: Any, tokenizer: Any, checkpoints: Path | None = None, bucket_bytes: int = 512 * 2**20
+    ) -> None:
         self.actor = actor
+        self.bucket_bytes = bucket_bytes
         self.tokenizer = tokenizer
         self.checkpoints = checkpoints
         self.pad_token_id = self._get(actor.pad_token_id.remote())
@@ -112,7 +121,11 @@ class RayBackend(TrainerBackend):
         return dict(result)
 
     def named_hf_tensors(self) -> Iterator[tuple[str, Tensor]]:
-        yield from self._get(self.actor.named_hf_tensors.remote())
+        """Bucket by bucket from the actor's object store entries (read-only views of them)."""
+        from simpletir.core.executor.ray.engine import unpack
+
+        for ref in self._get(self.actor.weight_buckets.remote(self.bucket_bytes)):
+            yield from unpack(self._get(ref))
 
     def save(self, folder: Path) -> None:
         self._get(self.actor.save.remote(folder))
