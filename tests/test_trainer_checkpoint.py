@@ -194,6 +194,26 @@ def test_resume_refuses_another_config_and_names_the_key(tmp_path: Path) -> None
     assert backend.loaded == [folder]  # refused before anything was loaded
 
 
+def test_where_a_run_executes_is_a_resumable_change() -> None:
+    """Executor, Ray layout and TP size change no result (megatron checkpoints are TP-independent)."""
+    from simpletir.core.config_load import load_config
+
+    config = load_config(None, [])
+    moved = load_config(
+        None,
+        [
+            "executor=ray",
+            "ray.engine_replicas=2",
+            "trainer.tensor_parallel_size=2",
+            "rollout.max_trajectory_retries=5",
+        ],
+    )
+    assert ckpt.resume_fingerprint(moved) == ckpt.resume_fingerprint(config)
+    assert ckpt.resume_fingerprint(
+        load_config(None, ["trainer.backend=megatron"])
+    ) != ckpt.resume_fingerprint(config)
+
+
 def test_rng_states_round_trip(tmp_path: Path) -> None:
     random.seed(1)
     np.random.seed(1)

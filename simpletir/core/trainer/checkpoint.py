@@ -70,10 +70,17 @@ RESUMABLE_CHANGES = (
     "trainer.keep_checkpoints",
     # megatron checkpoints keep weights and Adam moments gathered in HF names: any TP size loads them
     "trainer.tensor_parallel_size",
+    # where the components run changes no result (tested: local and ray give identical steps)
+    "executor",
+    "rollout.max_trajectory_retries",
     "trainer.wandb_project",
     "trainer.wandb_mode",
     "trainer.wandb_init_timeout_s",
 )
+
+
+# every key under these: a run may resume on another Ray cluster layout
+RESUMABLE_PREFIXES = ("ray.",)
 
 
 class CheckpointError(SimpletirError):
@@ -96,7 +103,11 @@ def resume_fingerprint(config: ExperimentConfig) -> dict[str, Any]:
     tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     assert isinstance(tree, dict)
     flat = _flatten({str(key): value for key, value in tree.items()})
-    return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
+    return {
+        key: value
+        for key, value in flat.items()
+        if key not in RESUMABLE_CHANGES and not key.startswith(RESUMABLE_PREFIXES)
+    }
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
