@@ -26,6 +26,8 @@ from simpletir.core.trainer.record import FOLDER, read_step, record_path
 from simpletir.core.trainer.replay import ReplayError, replay
 from simpletir.core.types import RewardResult
 
+pytestmark = pytest.mark.slow  # real tiny training runs (about 45 s in all)
+
 
 class ParityReward:
     """1.0 when the response has an even number of characters: mixed rewards from a random model."""
