@@ -107,14 +107,6 @@ def _read_prefixed(weights: HFWeights, prefix: str, name: str) -> Tensor:
     return weights.read(prefix + name)
 
 
-def _pick_positions(positions: Tensor, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Forward pre-hook of the output layer: keep only the hidden states that predict response
-    tokens, so the LM head runs on ``[T, B]`` positions instead of ``[L, B]``."""
-    hidden = args[0]  # [L, B, H] (sequence first, megatron's layout)
-    index = positions.t().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [T, B, H]
-    return (hidden.gather(0, index), *args[1:]), kwargs
-
-
 class MegatronRank:
     """This process's shard of the policy (and of the reference model), and its AdamW."""
 
@@ -182,18 +174,25 @@ class MegatronRank:
 
     # -- forward --------------------------------------------------------------------------
     def _logits(self, model: Any, micro: TrainBatch) -> Tensor:
-        """This rank's vocabulary slice of the logits at response positions, ``[B, T, V/tp]``."""
+        """This rank's vocabulary slice of the logits at response positions, ``[B, T, V/tp]``.
+
+        GPTModel's own modules, called in its order (embedding, RoPE, decoder with the final norm,
+        output layer) rather than ``GPTModel.forward``: the LM head then runs only on the hidden
+        states that predict response tokens, gathered batch-first, so the logits come out
+        ``[B, T, V/tp]`` without the sequence-first ``[L, B, V/tp]`` tensor and its transposed copy.
+        Rows are right-padded: positions ``0..L-1`` are right for every row and the causal mask
+        keeps valid tokens from seeing the padding.
+        """
         ids = micro.input_ids.to(self.device)
-        # Right-padded rows: positions 0..L-1 are right for every row (megatron's RoPE ignores
-        # position_ids anyway), and the causal mask keeps valid tokens from seeing the padding.
         positions = torch.arange(ids.shape[1], device=self.device).expand_as(ids)
-        hook = model.output_layer.register_forward_pre_hook(
-            functools.partial(_pick_positions, response_positions(micro).to(self.device)), with_kwargs=True
-        )
-        try:
-            logits: Tensor = model(ids, positions, None)
-        finally:
-            hook.remove()
+        hidden = model.embedding(input_ids=ids, position_ids=positions)  # [L, B, H]
+        rotary = model.rotary_pos_emb(ids.shape[1])
+        hidden = model.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rotary)
+        picked = response_positions(micro).to(self.device)  # [B, T]
+        hidden = hidden.transpose(0, 1)  # [B, L, H] view
+        hidden = hidden.gather(1, picked.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        weight = model.shared_embedding_or_output_weight() if self.shape.tied_embeddings else None
+        logits, _ = model.output_layer(hidden, weight=weight)
         return logits
 
     def _forward(self, model: Any, micro: TrainBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
