@@ -231,6 +231,8 @@ def build_gpt_model(shape: ModelShape, *, tp: int, on_cuda: bool, bf16: bool = F
         position_embedding_type="rope",
         rotary_base=shape.rope_theta,  # a float theta works (a power)
     )
+    if bf16:  # megatron's torch norms ignore params_dtype: without this they stay float32
+        model = model.to(dtype=torch.bfloat16)
     if not on_cuda:
         _keep_rope_on_cpu(model)
     else:
