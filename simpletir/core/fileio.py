@@ -10,6 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+# mkstemp creates files readable by their owner only; results and logs should get what any
+# other file gets (0666 less the umask). Read once at import: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[IO[str]]:
@@ -18,6 +23,7 @@ def atomic_writer(path: str | Path) -> Iterator[IO[str]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
             handle.flush()
