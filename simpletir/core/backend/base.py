@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 LossFn = Callable[["TrainBatch", "Tensor", "Tensor | None"], "Tensor"]
 
 
+def warmup_lr(lr: float, warmup_steps: int, steps_taken: int) -> float:
+    """The learning rate of the next optimiser step: linear warm-up over ``warmup_steps``."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (steps_taken + 1) / warmup_steps)
+
+
 class TrainerBackend(abc.ABC):
     """Holds the policy (and optimiser); computes log-probs; takes optimiser steps."""
 

@@ -23,9 +23,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from simpletir.core.backend.base import LossFn, TrainerBackend
+from simpletir.core.backend.base import LossFn, TrainerBackend, warmup_lr
 from simpletir.core.errors import ConfigError, ModelNotFoundError
-from simpletir.core.trainer.tensors import TrainBatch, micro_batches, response_positions
+from simpletir.core.trainer.tensors import (
+    TrainBatch,
+    logprobs_by_micro_batch,
+    micro_batches,
+    response_positions,
+)
 
 if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
@@ -119,18 +124,13 @@ class HFBackend(TrainerBackend):
         self, model: Any, batch: TrainBatch, with_entropy: bool
     ) -> tuple[Tensor, Tensor | None]:
         t = self.config.trainer
-        logprobs = torch.zeros(batch.responses.shape, dtype=torch.float32)
-        entropy = torch.zeros(batch.responses.shape, dtype=torch.float32) if with_entropy else None
-        start = 0
-        with torch.no_grad():
-            for micro in micro_batches(batch, t.micro_batch_size, t.micro_batch_tokens):
-                rows, width = micro.size, micro.responses.shape[1]
-                lp, ent = self._forward(model, micro, with_entropy)
-                logprobs[start : start + rows, :width] = lp.cpu()
-                if entropy is not None and ent is not None:
-                    entropy[start : start + rows, :width] = ent.cpu()
-                start += rows
-        return logprobs, entropy
+        return logprobs_by_micro_batch(
+            batch,
+            t.micro_batch_size,
+            t.micro_batch_tokens,
+            lambda micro: self._forward(model, micro, with_entropy),
+            with_entropy,
+        )
 
     def logprobs(self, batch: TrainBatch, *, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         return self._no_grad_pass(self.model, batch, with_entropy)
@@ -143,9 +143,7 @@ class HFBackend(TrainerBackend):
     # -- update ---------------------------------------------------------------------------
     def current_lr(self) -> float:
         a = self.config.algorithm
-        if a.warmup_steps <= 0:
-            return a.lr
-        return a.lr * min(1.0, (self.steps_taken + 1) / a.warmup_steps)
+        return warmup_lr(a.lr, a.warmup_steps, self.steps_taken)
 
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, *, with_entropy: bool) -> dict[str, float]:
         t = self.config.trainer

@@ -11,7 +11,7 @@ of trajectory ``i``. A backend turns its ``[B, L]`` model outputs into that layo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -157,3 +157,26 @@ def micro_batches(batch: TrainBatch, max_rows: int, max_tokens: int = 0) -> list
     if current:
         chunks.append(current)
     return [batch.rows(chunk) for chunk in chunks]
+
+
+def logprobs_by_micro_batch(
+    batch: TrainBatch,
+    max_rows: int,
+    max_tokens: int,
+    forward: Callable[[TrainBatch], tuple[Tensor, Tensor | None]],
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """``[B, T]`` log-probs (and entropy) of ``batch``, ``forward`` run on each micro-batch without
+    gradient; rows and response columns put back where they came from (on CPU)."""
+    logprobs = torch.zeros(batch.responses.shape, dtype=torch.float32)
+    entropy = torch.zeros(batch.responses.shape, dtype=torch.float32) if with_entropy else None
+    start = 0
+    with torch.no_grad():
+        for micro in micro_batches(batch, max_rows, max_tokens):
+            rows, width = micro.size, micro.responses.shape[1]
+            lp, ent = forward(micro)
+            logprobs[start : start + rows, :width] = lp.cpu()
+            if entropy is not None and ent is not None:
+                entropy[start : start + rows, :width] = ent.cpu()
+            start += rows
+    return logprobs, entropy

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from simpletir.core.backend.base import warmup_lr
 from simpletir.core.backend.megatron import convert
 from simpletir.core.backend.megatron.model import build_gpt_model, check_divisible, model_shape, padded_vocab
 from simpletir.core.backend.megatron.parallel_math import (
@@ -28,7 +29,12 @@ from simpletir.core.backend.megatron.parallel_math import (
     mask_padded_vocab,
 )
 from simpletir.core.errors import ModelNotFoundError
-from simpletir.core.trainer.tensors import TrainBatch, micro_batches, response_positions
+from simpletir.core.trainer.tensors import (
+    TrainBatch,
+    logprobs_by_micro_batch,
+    micro_batches,
+    response_positions,
+)
 
 if TYPE_CHECKING:
     from simpletir.core.backend.base import LossFn
@@ -219,18 +225,13 @@ class MegatronRank:
         self, model: Any, batch: TrainBatch, with_entropy: bool
     ) -> tuple[Tensor, Tensor | None]:
         t = self.config.trainer
-        logprobs = torch.zeros(batch.responses.shape, dtype=torch.float32)
-        entropy = torch.zeros(batch.responses.shape, dtype=torch.float32) if with_entropy else None
-        start = 0
-        with torch.no_grad():
-            for micro in micro_batches(batch, t.micro_batch_size, t.micro_batch_tokens):
-                rows, width = micro.size, micro.responses.shape[1]
-                lp, ent = self._forward(model, micro, with_entropy)
-                logprobs[start : start + rows, :width] = lp.cpu()
-                if entropy is not None and ent is not None:
-                    entropy[start : start + rows, :width] = ent.cpu()
-                start += rows
-        return logprobs, entropy
+        return logprobs_by_micro_batch(
+            batch,
+            t.micro_batch_size,
+            t.micro_batch_tokens,
+            lambda micro: self._forward(model, micro, with_entropy),
+            with_entropy,
+        )
 
     def logprobs(self, batch: TrainBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         return self._no_grad_pass(self.model, batch, with_entropy)
@@ -243,9 +244,7 @@ class MegatronRank:
     # -- update ---------------------------------------------------------------------------
     def current_lr(self) -> float:
         a = self.config.algorithm
-        if a.warmup_steps <= 0:
-            return a.lr
-        return a.lr * min(1.0, (self.steps_taken + 1) / a.warmup_steps)
+        return warmup_lr(a.lr, a.warmup_steps, self.steps_taken)
 
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, with_entropy: bool) -> dict[str, float]:
         t = self.config.trainer
