@@ -27,9 +27,22 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.trainer.tensors import TrainBatch
 
+# Every backend's checkpoint keeps the policy as a Hugging Face folder under this name, so export,
+# weight sync and resume read one layout whichever backend wrote it.
+MODEL_FOLDER = "model"
+
 # loss_fn(micro_batch, logprobs [b, T], entropy [b, T] or None) -> this micro-batch's share of
 # the mini-batch loss (already scaled, so the backend only sums gradients).
 LossFn = Callable[["TrainBatch", "Tensor", "Tensor | None"], "Tensor"]
+
+
+def load_tokenizer(model_dir: Path) -> tuple[Any, int]:
+    """The policy's tokenizer and the id batches are padded with (pad, else EOS, else 0)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad = tokenizer.pad_token_id
+    return tokenizer, int(pad if pad is not None else (tokenizer.eos_token_id or 0))
 
 
 def warmup_lr(lr: float, warmup_steps: int, steps_taken: int) -> float:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from simpletir.core.backend.base import LossFn, TrainerBackend, warmup_lr
+from simpletir.core.backend.base import MODEL_FOLDER, LossFn, TrainerBackend, load_tokenizer, warmup_lr
 from simpletir.core.errors import ConfigError, ModelNotFoundError
 from simpletir.core.trainer.tensors import (
     TrainBatch,
@@ -35,7 +35,6 @@ from simpletir.core.trainer.tensors import (
 if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
 
-MODEL_FOLDER = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
@@ -76,13 +75,9 @@ def _without_dropout(model: Any) -> Any:
 
 class HFBackend(TrainerBackend):
     def __init__(self, model_dir: Path, config: ExperimentConfig) -> None:
-        from transformers import AutoTokenizer
-
         self.config = config
         self.device = resolve_device(config.trainer.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+        self.tokenizer, self.pad_token_id = load_tokenizer(model_dir)
         self.model: Any = _without_dropout(_load_causal_lm(model_dir)).to(self.device)
         self.model.train()  # dropout is off (see the module docstring); checkpointing needs train()
         if config.trainer.gradient_checkpointing:

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simpletir.core.backend.base import MODEL_FOLDER
 from simpletir.core.errors import SimpletirError
 from simpletir.core.trainer.checkpoint import STATE_FILE, find_latest
-
-MODEL_FOLDER = "model"
 
 
 class ExportError(SimpletirError):

@@ -20,7 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simpletir.core.backend.base import LossFn, TrainerBackend
+from simpletir.core.backend.base import (
+    MODEL_FOLDER,
+    LossFn,
+    TrainerBackend,
+    check_backend_fits,
+    load_tokenizer,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,21 +34,14 @@ if TYPE_CHECKING:
     from simpletir.core.config import ExperimentConfig
     from simpletir.core.trainer.tensors import TrainBatch
 
-MODEL_FOLDER = "model"
-
 
 class MegatronBackend(TrainerBackend):
     def __init__(self, model_dir: Path, config: ExperimentConfig) -> None:
-        from transformers import AutoTokenizer
-
-        from simpletir.core.backend.base import check_backend_fits
         from simpletir.core.backend.megatron.launch import RankGroup
 
         check_backend_fits(config, model_dir)  # what the ranks would refuse, before any starts
         self.config = config
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+        self.tokenizer, self.pad_token_id = load_tokenizer(model_dir)
         self.ranks = RankGroup(Path(model_dir), config)
 
     def logprobs(self, batch: TrainBatch, *, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from simpletir.core.backend.base import warmup_lr
+from simpletir.core.backend.base import MODEL_FOLDER, warmup_lr
 from simpletir.core.backend.megatron import convert
 from simpletir.core.backend.megatron.model import build_gpt_model, check_divisible, model_shape, padded_vocab
 from simpletir.core.backend.megatron.parallel_math import (
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from simpletir.core.backend.base import LossFn
     from simpletir.core.config import ExperimentConfig
 
-MODEL_FOLDER = "model"
 OPTIMIZER_FOLDER = "optimizer"  # Adam moments in HF names: a checkpoint resumes at any TP size
 OPTIMIZER_STATE = "optimizer_state.json"
 FILE_BYTES = 2 << 30  # safetensors files of at most ~2 GiB, like save_pretrained's shards
